@@ -1,0 +1,280 @@
+//! The job as clients see it: its id, its lifecycle states and the status document that the
+//! status monitor serves. The worker writes these documents and the facade reads them, so the
+//! type lives here, once.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Path under which the status monitor of every job lives.
+pub const JOBS_PATH: &str = "/v1/jobs";
+
+/// An unguessable job id (UUID v4: 122 random bits). Parsing is the only way to get one from
+/// outside, so a `JobId` that exists is safe to put into a Redis key or a URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(Uuid::new_v4())
+    }
+
+    /// The status monitor's path, `/v1/jobs/{id}`.
+    pub fn status_path(&self) -> String {
+        format!("{JOBS_PATH}/{self}")
+    }
+
+    /// The result's path, `/v1/jobs/{id}/result`.
+    pub fn result_path(&self) -> String {
+        format!("{JOBS_PATH}/{self}/result")
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Always the lower-case hyphenated form, so a key or URL has one spelling.
+        self.0.as_hyphenated().fmt(f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("not a job id")]
+pub struct InvalidJobId;
+
+impl FromStr for JobId {
+    type Err = InvalidJobId;
+
+    /// Accepts only the canonical lower-case, hyphenated form, so that every id has one
+    /// spelling (and one Redis key).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 36 {
+            return Err(InvalidJobId);
+        }
+        let id = Uuid::try_parse(s).map(JobId).map_err(|_| InvalidJobId)?;
+        if id.to_string() == s {
+            Ok(id)
+        } else {
+            Err(InvalidJobId)
+        }
+    }
+}
+
+/// Where a job is in its life. `Succeeded`, `Failed` and `Canceled` are terminal: nothing moves
+/// a job out of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The latest progress a handler reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// 0 to 100.
+    pub percent: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Why a job failed. Decides how the status monitor answers: `InputRejected` is the client's
+/// fault (422), everything else is a failed dependency (424).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobErrorKind {
+    /// The handler rejected its input (a business rule only the worker could check).
+    InputRejected,
+    /// The handler returned an error.
+    HandlerFailed,
+    /// The handler panicked or the worker could not run it.
+    Crashed,
+    /// The job ran past its type's maximum run time.
+    Timeout,
+    /// A transient error persisted past the retry limit.
+    RetriesExhausted,
+    /// The message could not be understood (undecodable, unknown type).
+    Undeliverable,
+}
+
+impl JobErrorKind {
+    pub fn slug(self) -> &'static str {
+        match self {
+            JobErrorKind::InputRejected => "input-rejected",
+            JobErrorKind::HandlerFailed => "handler-failed",
+            JobErrorKind::Crashed => "crashed",
+            JobErrorKind::Timeout => "timeout",
+            JobErrorKind::RetriesExhausted => "retries-exhausted",
+            JobErrorKind::Undeliverable => "undeliverable",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            JobErrorKind::InputRejected => "The job rejected its input",
+            JobErrorKind::HandlerFailed => "The job failed",
+            JobErrorKind::Crashed => "The job crashed",
+            JobErrorKind::Timeout => "The job ran out of time",
+            JobErrorKind::RetriesExhausted => "The job failed after all retries",
+            JobErrorKind::Undeliverable => "The job could not be run",
+        }
+    }
+}
+
+/// The job's own error, as written into its status document (RFC 9457 members).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobError {
+    /// A URI reference naming the kind of failure, `/problems/job/<kind>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub detail: String,
+    pub retryable: bool,
+    pub kind: JobErrorKind,
+}
+
+impl JobError {
+    pub fn new(kind: JobErrorKind, detail: impl Into<String>, retryable: bool) -> Self {
+        JobError {
+            type_uri: format!("/problems/job/{}", kind.slug()),
+            title: kind.title().to_owned(),
+            detail: detail.into(),
+            retryable,
+            kind,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Links {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub result: String,
+}
+
+impl Links {
+    pub fn for_job(id: &JobId) -> Self {
+        Links {
+            self_: id.status_path(),
+            result: id.result_path(),
+        }
+    }
+}
+
+/// What `GET /v1/jobs/{id}` shows. Stored in Redis as JSON exactly as served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDocument {
+    pub id: JobId,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    pub links: Links,
+}
+
+impl StatusDocument {
+    /// A freshly accepted job.
+    pub fn queued(id: JobId, job_type: impl Into<String>, created_at: DateTime<Utc>) -> Self {
+        StatusDocument {
+            id,
+            job_type: job_type.into(),
+            status: JobStatus::Queued,
+            progress: None,
+            attempts: 0,
+            created_at,
+            started_at: None,
+            finished_at: None,
+            error: None,
+            links: Links::for_job(&id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_has_one_spelling() {
+        let id = JobId::new();
+        let s = id.to_string();
+        assert_eq!(s.parse::<JobId>().unwrap(), id);
+        assert!(s.to_uppercase().parse::<JobId>().is_err());
+        assert!(s.replace('-', "").parse::<JobId>().is_err());
+        assert!(format!("{{{s}}}").parse::<JobId>().is_err());
+        for bad in [
+            "",
+            "*",
+            "../etc/passwd",
+            "00000000-0000-0000-0000-00000000000*",
+        ] {
+            assert!(bad.parse::<JobId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn document_round_trips_and_omits_empty_fields() {
+        let doc = StatusDocument::queued(JobId::new(), "echo", Utc::now());
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["status"], "queued");
+        assert!(json.get("error").is_none());
+        assert_eq!(json["links"]["self"], doc.id.status_path());
+        let back: StatusDocument = serde_json::from_value(json).unwrap();
+        assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn terminal_states() {
+        assert!(!JobStatus::Queued.is_terminal());
+        assert!(!JobStatus::Running.is_terminal());
+        assert!(JobStatus::Succeeded.is_terminal());
+        assert!(JobStatus::Failed.is_terminal());
+        assert!(JobStatus::Canceled.is_terminal());
+    }
+}

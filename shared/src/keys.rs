@@ -1,0 +1,58 @@
+//! The Redis key layout. Every job is one hash, `{prefix}:job:{<id>}`, holding the fields
+//! below; the braces make the id a Redis Cluster hash tag, so all of a job's keys share a slot
+//! and can be written by one script. Keys are built only from a parsed [`JobId`], never from
+//! raw request text.
+
+use crate::job::JobId;
+
+/// Fields of the job hash.
+pub mod field {
+    /// The status document, JSON, exactly as the status monitor serves it.
+    pub const DOC: &str = "doc";
+    /// The status alone (`queued`, `running`, …), for atomic state checks in scripts.
+    pub const STATE: &str = "state";
+    /// The result, JSON, once succeeded.
+    pub const RESULT: &str = "result";
+    /// Id of the worker that last took the job (for operators and tests; not served).
+    pub const WORKER: &str = "worker";
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyLayout {
+    prefix: String,
+}
+
+impl KeyLayout {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        KeyLayout {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The job's hash.
+    pub fn job(&self, id: &JobId) -> String {
+        format!("{}:job:{{{}}}", self.prefix, id)
+    }
+
+    /// A tiny marker that outlives the job's hash, so an expired job answers 410, not 404.
+    pub fn tombstone(&self, id: &JobId) -> String {
+        format!("{}:tomb:{{{}}}", self.prefix, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_job_hash_tag() {
+        let keys = KeyLayout::new("arr");
+        let id = JobId::new();
+        assert_eq!(keys.job(&id), format!("arr:job:{{{id}}}"));
+        assert!(keys.tombstone(&id).ends_with(&format!("{{{id}}}")));
+    }
+}

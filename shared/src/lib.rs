@@ -1,0 +1,15 @@
+//! What the facade (`api`) and the workers (`worker`) agree on: the job and its status
+//! document, the job types' input rules, the queue message, the Redis key layout and the
+//! configuration. Neither side depends on the other; they meet only here.
+
+pub mod configuration;
+pub mod job;
+pub mod job_types;
+pub mod keys;
+pub mod message;
+pub mod telemetry;
+
+pub use configuration::Settings;
+pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument};
+pub use keys::KeyLayout;
+pub use message::JobMessage;

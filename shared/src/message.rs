@@ -1,0 +1,41 @@
+//! The queue message: what the facade publishes and a worker consumes. JSON, persistent, with
+//! the job id also in the AMQP `message_id` property so tools can see it without decoding.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::JobId;
+
+/// Version of the message format; a worker refuses versions it does not know.
+pub const MESSAGE_VERSION: u32 = 1;
+
+/// AMQP content type of a [`JobMessage`].
+pub const CONTENT_TYPE: &str = "application/json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub v: u32,
+    pub id: JobId,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub input: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl JobMessage {
+    pub fn new(
+        id: JobId,
+        job_type: impl Into<String>,
+        input: Value,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        JobMessage {
+            v: MESSAGE_VERSION,
+            id,
+            job_type: job_type.into(),
+            input,
+            created_at,
+        }
+    }
+}
