@@ -1,1 +1,43 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use api::startup::Application;
+use clap::Parser;
+use shared::Settings;
+
+/// HTTP facade of the asynchronous request-reply service.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// A TOML file layered over the built-in defaults (environment variables still win).
+    #[arg(long, env = "APP_CONFIG_FILE")]
+    config: Option<PathBuf>,
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::load(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init(&settings.log);
+    let app = match Application::build(settings) {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(port = app.port(), "facade listening");
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod job_types;
 pub mod keys;
 pub mod message;
 pub mod telemetry;
+pub mod topology;
 
 pub use configuration::Settings;
 pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument};

@@ -1,0 +1,167 @@
+//! Publishing jobs to RabbitMQ: persistent, mandatory messages on a channel in confirm mode,
+//! shared by every request (many confirms in flight at once is what makes publishing fast).
+//! A job counts as queued only when the broker confirmed it *and* did not return it as
+//! unroutable. The connection is made lazily and remade after a failure, so the facade rides
+//! out a broker restart without being restarted itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use shared::configuration::AmqpSettings;
+use shared::message::CONTENT_TYPE;
+use shared::topology;
+use tokio::sync::Mutex;
+
+/// After a failed connection attempt, requests fail fast for this long instead of each one
+/// trying (and waiting) again.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to the broker: {0}")]
+    Connect(String),
+    #[error("the broker connection failed: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm the publish in time")]
+    ConfirmTimeout,
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the message was returned unroutable: {0}")]
+    Returned(String),
+    #[error("the channel is not in confirm mode")]
+    ConfirmsOff,
+    #[error("the broker is unreachable (retrying shortly)")]
+    BackingOff,
+}
+
+struct Link {
+    // Kept so the connection lives as long as its channel.
+    _connection: Connection,
+    channel: Channel,
+}
+
+#[derive(Default)]
+struct Slot {
+    link: Option<Arc<Link>>,
+    last_failure: Option<Instant>,
+    /// The queue must be declared again before the next publish (it was found missing).
+    redeclare: bool,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    settings: Arc<AmqpSettings>,
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl Broker {
+    pub fn new(settings: AmqpSettings) -> Self {
+        Broker {
+            settings: Arc::new(settings),
+            slot: Arc::new(Mutex::new(Slot::default())),
+        }
+    }
+
+    /// A connected channel, connecting (and declaring the queue) if there is none.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(link) = slot.link.clone() {
+            if link.channel.status().connected() {
+                if slot.redeclare {
+                    topology::declare_work_queue(&link.channel, &self.settings).await?;
+                    slot.redeclare = false;
+                }
+                return Ok(link.channel.clone());
+            }
+            tracing::warn!("broker channel closed; reconnecting");
+            slot.link = None;
+        }
+        if slot
+            .last_failure
+            .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
+        {
+            return Err(BrokerError::BackingOff);
+        }
+        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+        match tokio::time::timeout(timeout, self.connect()).await {
+            Ok(Ok(link)) => {
+                let channel = link.channel.clone();
+                slot.link = Some(Arc::new(link));
+                slot.last_failure = None;
+                slot.redeclare = false;
+                tracing::info!(queue = %self.settings.queue, "connected to the broker");
+                Ok(channel)
+            }
+            Ok(Err(e)) => {
+                slot.last_failure = Some(Instant::now());
+                Err(BrokerError::Connect(e.to_string()))
+            }
+            Err(_) => {
+                slot.last_failure = Some(Instant::now());
+                Err(BrokerError::Connect("timed out".into()))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Link, lapin::Error> {
+        let connection =
+            Connection::connect(&self.settings.url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare_work_queue(&channel, &self.settings).await?;
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    /// Publishes `payload` to the work queue and waits for the broker's confirm.
+    pub async fn publish(&self, message_id: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let channel = self.channel().await?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2) // persistent
+            .with_content_type(ShortString::from(CONTENT_TYPE))
+            .with_message_id(ShortString::from(message_id));
+        let publish = async {
+            let confirm = channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.settings.queue.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    payload,
+                    properties,
+                )
+                .await?;
+            Ok::<_, lapin::Error>(confirm.await?)
+        };
+        let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
+        let confirmation = match tokio::time::timeout(timeout, publish).await {
+            Err(_) => return Err(BrokerError::ConfirmTimeout),
+            Ok(result) => result?,
+        };
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => {
+                // Unroutable: most likely the queue was deleted. Declare it again before the
+                // next publish so the facade heals by itself.
+                self.slot.lock().await.redeclare = true;
+                Err(BrokerError::Returned(returned.reply_text.to_string()))
+            }
+            Confirmation::Nack(_) => Err(BrokerError::Nacked),
+            Confirmation::NotRequested => Err(BrokerError::ConfirmsOff),
+        }
+    }
+
+    /// Whether the broker can be reached now (connecting if need be).
+    pub async fn check(&self) -> Result<(), BrokerError> {
+        self.channel().await.map(|_| ())
+    }
+}

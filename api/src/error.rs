@@ -1,0 +1,108 @@
+//! Every way a request can fail, and the one place each is mapped to an HTTP answer.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use shared::job_types::FieldError;
+
+use crate::broker::BrokerError;
+use crate::problem::Problem;
+use crate::status_store::StoreError;
+
+/// What a client is told to wait before trying again when a dependency is down (seconds).
+pub const UNAVAILABLE_RETRY_AFTER: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body could not be read: {0}")]
+    BodyRead(String),
+    #[error("{detail}")]
+    Validation {
+        detail: String,
+        errors: Vec<FieldError>,
+    },
+    #[error("no job with this id")]
+    JobNotFound,
+    #[error("this job's record has expired")]
+    JobGone,
+    #[error("no resource at this path")]
+    RouteNotFound,
+    #[error("method not allowed; allowed: {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("the job store is unavailable")]
+    Store(#[from] StoreError),
+    #[error("the job queue is unavailable")]
+    Broker(#[from] BrokerError),
+}
+
+impl ApiError {
+    fn problem(&self) -> Problem {
+        let status = self.status_code();
+        let problem = match self {
+            ApiError::MalformedJson(_) => Problem::new(status, "malformed-json", "Malformed JSON"),
+            ApiError::UnsupportedMediaType => {
+                Problem::new(status, "unsupported-media-type", "Unsupported media type")
+            }
+            ApiError::PayloadTooLarge { .. } => {
+                Problem::new(status, "payload-too-large", "Request body too large")
+            }
+            ApiError::BodyRead(_) => Problem::new(status, "bad-request", "Bad request"),
+            ApiError::Validation { errors, .. } => {
+                Problem::new(status, "validation", "The request is not valid")
+                    .extension("errors", json!(errors))
+            }
+            ApiError::JobNotFound => Problem::new(status, "job-not-found", "Job not found"),
+            ApiError::JobGone => Problem::new(status, "job-gone", "Job expired"),
+            ApiError::RouteNotFound => Problem::new(status, "not-found", "Not found"),
+            ApiError::MethodNotAllowed { .. } => {
+                Problem::new(status, "method-not-allowed", "Method not allowed")
+            }
+            ApiError::Store(_) | ApiError::Broker(_) => {
+                Problem::new(status, "service-unavailable", "Service unavailable")
+            }
+        };
+        problem.detail(self.to_string())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::JobGone => StatusCode::GONE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Store(_) | ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let problem = self.problem();
+        let mut builder = problem.builder();
+        match self {
+            ApiError::Store(e) => {
+                tracing::warn!(error = %e, "job store unavailable");
+                builder.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
+            }
+            ApiError::Broker(e) => {
+                tracing::warn!(error = %e, "job queue unavailable");
+                builder.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                builder.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            }
+            _ => {}
+        }
+        builder.body(problem.body())
+    }
+}

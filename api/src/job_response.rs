@@ -1,0 +1,138 @@
+//! How a job's stored status becomes an HTTP answer. The status monitor answers each poll with
+//! what the synchronous request would have answered had it waited: 202 while the job is
+//! pending, 303 to the result once it succeeded, and the job's own failure as a 4xx problem
+//! (never a 5xx: the poll itself worked, and generic clients retry a 5xx for minutes).
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::Value;
+use shared::configuration::RetryAfterSettings;
+use shared::{JobErrorKind, JobStatus, StatusDocument};
+
+use crate::problem::Problem;
+
+const JSON: &str = "application/json";
+/// Polls may be cached only if revalidated (the ETag makes that cheap); the data is the
+/// caller's own.
+const CACHE_CONTROL: &str = "private, no-cache";
+
+/// A strong ETag over the stored document: it changes whenever the status document does.
+pub fn etag(bytes: &[u8]) -> String {
+    // FNV-1a, 64 bit: deterministic across processes and versions, cheap, and collisions
+    // between two successive versions of one job's document are not a concern.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("\"{hash:016x}\"")
+}
+
+/// Whether the request's `If-None-Match` names this ETag (or `*`).
+fn not_modified(req: &HttpRequest, etag: &str) -> bool {
+    req.headers()
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+/// Seconds to tell a client to wait before its next poll.
+pub fn retry_after(settings: &RetryAfterSettings) -> u64 {
+    settings.clamp(settings.default_seconds)
+}
+
+/// The answer for a job that has not succeeded (or for the status monitor in every state).
+/// `doc_bytes` is the document as stored; it is served as is.
+pub fn status_answer(
+    req: &HttpRequest,
+    doc: &StatusDocument,
+    doc_bytes: Vec<u8>,
+    retry: &RetryAfterSettings,
+) -> HttpResponse {
+    let tag = etag(&doc_bytes);
+    let pending = !doc.status.is_terminal();
+    if not_modified(req, &tag) {
+        let mut builder = HttpResponse::NotModified();
+        builder.insert_header((header::ETAG, tag));
+        builder.insert_header((header::CACHE_CONTROL, CACHE_CONTROL));
+        if pending {
+            builder.insert_header((header::RETRY_AFTER, retry_after(retry)));
+        }
+        return builder.finish();
+    }
+    match doc.status {
+        JobStatus::Queued | JobStatus::Running => HttpResponse::Accepted()
+            .insert_header((header::LOCATION, doc.id.status_path()))
+            .insert_header((header::RETRY_AFTER, retry_after(retry)))
+            .insert_header((header::ETAG, tag))
+            .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
+            .content_type(JSON)
+            .body(doc_bytes),
+        JobStatus::Succeeded => HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, doc.id.result_path()))
+            .insert_header((header::ETAG, tag))
+            .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
+            .content_type(JSON)
+            .body(doc_bytes),
+        JobStatus::Failed | JobStatus::Canceled => {
+            let mut builder = terminal_problem(doc, &doc_bytes).into_response();
+            let headers = builder.headers_mut();
+            if let Ok(tag) = HeaderValue::from_str(&tag) {
+                headers.insert(header::ETAG, tag);
+            }
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static(CACHE_CONTROL),
+            );
+            builder
+        }
+    }
+}
+
+/// The problem a failed or canceled job is answered with: its `job` member is the status
+/// document, its `instance` the status monitor.
+fn terminal_problem(doc: &StatusDocument, doc_bytes: &[u8]) -> Problem {
+    let job: Value = serde_json::from_slice(doc_bytes).unwrap_or(Value::Null);
+    let problem = match (doc.status, &doc.error) {
+        (JobStatus::Canceled, _) => {
+            Problem::new(StatusCode::CONFLICT, "job-canceled", "The job was canceled")
+                .detail("the job was canceled before it finished")
+        }
+        (_, Some(error)) => {
+            let status = if error.kind == JobErrorKind::InputRejected {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::FAILED_DEPENDENCY
+            };
+            let mut problem = Problem::new(status, "job-failed", error.title.clone())
+                .detail(error.detail.clone());
+            problem.type_uri = error.type_uri.clone();
+            problem
+        }
+        (_, None) => Problem::new(
+            StatusCode::FAILED_DEPENDENCY,
+            "job-failed",
+            "The job failed",
+        )
+        .detail("the job failed without a recorded error"),
+    };
+    problem.instance(doc.id.status_path()).extension("job", job)
+}
+
+/// The answer of the result resource for a succeeded job.
+pub fn result_answer(req: &HttpRequest, result: Vec<u8>) -> HttpResponse {
+    let tag = etag(&result);
+    if not_modified(req, &tag) {
+        return HttpResponse::NotModified()
+            .insert_header((header::ETAG, tag))
+            .finish();
+    }
+    HttpResponse::Ok()
+        .insert_header((header::ETAG, tag))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=0"))
+        .content_type(JSON)
+        .body(result)
+}

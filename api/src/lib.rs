@@ -1,0 +1,12 @@
+//! The HTTP facade: accepts jobs (`POST /v1/jobs`), answers status polls from Redis and hands
+//! out results. It never runs jobs; workers do.
+
+pub mod body;
+pub mod broker;
+pub mod error;
+pub mod job_response;
+pub mod problem;
+pub mod routes;
+pub mod startup;
+pub mod status_store;
+pub mod submission;

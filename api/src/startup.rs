@@ -1,0 +1,118 @@
+//! Builds the facade from its settings and a bound listener, so `main` stays a few lines and
+//! tests can run the real application on port 0.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{ErrorHandlers, Logger};
+use actix_web::{web, App, HttpServer};
+use shared::Settings;
+
+use crate::broker::Broker;
+use crate::routes::{fallback, health, jobs, submit};
+use crate::status_store::{StatusStore, StoreError};
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: StatusStore,
+    pub broker: Broker,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot bind {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the HTTP server: {0}")]
+    Server(std::io::Error),
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds the configured address (port 0 picks a free one) and builds the server.
+    pub fn build(settings: Settings) -> Result<Self, StartupError> {
+        let address = format!("{}:{}", settings.http.host, settings.http.port);
+        let listener =
+            TcpListener::bind(&address).map_err(|e| StartupError::Bind(address.clone(), e))?;
+        Self::with_listener(settings, listener)
+    }
+
+    pub fn with_listener(settings: Settings, listener: TcpListener) -> Result<Self, StartupError> {
+        let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        let store = StatusStore::new(&settings.redis, &settings.jobs)?;
+        let broker = Broker::new(settings.amqp.clone());
+        // Connect now so the first request does not pay for it; failures are retried lazily.
+        {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                if let Err(e) = broker.check().await {
+                    tracing::warn!(error = %e, "broker not reachable at start; will retry");
+                }
+            });
+        }
+        let state = web::Data::new(AppState {
+            settings: Arc::new(settings.clone()),
+            store,
+            broker,
+        });
+        let body_limit = settings.http.body_limit_bytes;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                // Our own body reader enforces the limit; this keeps actix's extractors in line.
+                .app_data(web::PayloadConfig::new(body_limit))
+                .wrap(ErrorHandlers::new().default_handler(fallback::problem_for_bare_errors))
+                .wrap(Logger::new("%r %s %Dms").log_target("access"))
+                .service(
+                    web::resource("/v1/jobs")
+                        .route(web::post().to(submit::submit))
+                        .default_service(fallback::method_not_allowed("POST")),
+                )
+                .service(
+                    web::resource("/v1/jobs/{id}")
+                        .route(web::get().to(jobs::status))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .service(
+                    web::resource("/v1/jobs/{id}/result")
+                        .route(web::get().to(jobs::result))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .service(
+                    web::resource("/healthz")
+                        .route(web::get().to(health::healthz))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .service(
+                    web::resource("/readyz")
+                        .route(web::get().to(health::readyz))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .default_service(web::to(fallback::not_found))
+        })
+        .shutdown_timeout(settings.http.shutdown_grace_seconds)
+        .client_request_timeout(Duration::from_secs(10));
+        if settings.http.workers > 0 {
+            server = server.workers(settings.http.workers);
+        }
+        let server = server.listen(listener).map_err(StartupError::Server)?.run();
+        Ok(Application { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains in-flight requests (up to the grace period).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

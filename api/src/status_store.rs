@@ -1,0 +1,113 @@
+//! The facade's side of the job store in Redis: create a queued job, take it back if the
+//! publish fails, and read status documents and results. Writes after `queued` belong to the
+//! workers. One multiplexed connection serves every request (it pipelines concurrent commands).
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use shared::configuration::{JobSettings, RedisSettings};
+use shared::keys::field;
+use shared::{JobId, KeyLayout};
+
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct StoreError(#[from] redis::RedisError);
+
+/// What Redis holds about a job.
+pub enum Lookup<T> {
+    Found(T),
+    /// Expired: only its tombstone is left.
+    Gone,
+    NotFound,
+}
+
+#[derive(Clone)]
+pub struct StatusStore {
+    conn: ConnectionManager,
+    keys: KeyLayout,
+    retention_seconds: u64,
+}
+
+impl StatusStore {
+    /// Connects lazily: the facade starts (and answers 503) while Redis is down, and the
+    /// manager reconnects by itself when it is back.
+    pub fn new(redis: &RedisSettings, jobs: &JobSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(redis.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(redis.response_timeout_ms)))
+            .set_connection_timeout(Some(Duration::from_millis(redis.connection_timeout_ms)))
+            // Fail a request fast while Redis is down rather than queueing it behind long
+            // reconnection back-off; the next request tries again.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(StatusStore {
+            conn,
+            keys: KeyLayout::new(redis.key_prefix.clone()),
+            retention_seconds: jobs.retention_seconds,
+        })
+    }
+
+    /// Records a new job as queued (document and state in one hash, expiring after retention).
+    pub async fn create(&self, id: &JobId, doc_json: &[u8]) -> Result<(), StoreError> {
+        let key = self.keys.job(id);
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(&key, &[(field::DOC, doc_json), (field::STATE, b"queued")])
+            .ignore()
+            .expire(&key, self.retention_seconds as i64)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes back a job whose publish failed, so no half-made job is left behind.
+    pub async fn remove(&self, id: &JobId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        conn.del::<_, ()>(self.keys.job(id)).await?;
+        Ok(())
+    }
+
+    /// The status document as stored (JSON bytes).
+    pub async fn document(&self, id: &JobId) -> Result<Lookup<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        let doc: Option<Vec<u8>> = conn.hget(self.keys.job(id), field::DOC).await?;
+        match doc {
+            Some(doc) => Ok(Lookup::Found(doc)),
+            None => self.missing(id).await,
+        }
+    }
+
+    /// The status document and, if there is one, the result (one round trip).
+    pub async fn document_and_result(
+        &self,
+        id: &JobId,
+    ) -> Result<Lookup<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+            .arg(self.keys.job(id))
+            .arg(field::DOC)
+            .arg(field::RESULT)
+            .query_async(&mut conn)
+            .await?;
+        match doc {
+            Some(doc) => Ok(Lookup::Found((doc, result))),
+            None => self.missing(id).await,
+        }
+    }
+
+    async fn missing<T>(&self, id: &JobId) -> Result<Lookup<T>, StoreError> {
+        let mut conn = self.conn.clone();
+        let gone: bool = conn.exists(self.keys.tombstone(id)).await?;
+        Ok(if gone { Lookup::Gone } else { Lookup::NotFound })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! A job request as the client sent it, parsed into something that is known to be valid
+//! (the job type exists and the input meets its rules) or into every reason it is not.
+
+use serde_json::Value;
+use shared::job_types::{self, FieldError, JobTypeSpec};
+
+use crate::error::ApiError;
+
+/// Members a submission may have.
+const MEMBERS: &[&str] = &["type", "input", "priority", "callback_url"];
+
+#[derive(Debug)]
+pub struct Submission {
+    pub spec: &'static JobTypeSpec,
+    pub input: Value,
+    pub priority: u8,
+}
+
+impl Submission {
+    pub fn parse(body: Value) -> Result<Self, ApiError> {
+        let Value::Object(mut body) = body else {
+            return Err(invalid(vec![FieldError {
+                field: String::new(),
+                pointer: "#".into(),
+                detail: "the body must be a JSON object".into(),
+            }]));
+        };
+        let mut errors: Vec<FieldError> = body
+            .keys()
+            .filter(|k| !MEMBERS.contains(&k.as_str()))
+            .map(|k| FieldError::new(&[k], "unknown member"))
+            .collect();
+
+        let spec = match body.get("type") {
+            None | Some(Value::Null) => {
+                errors.push(FieldError::new(&["type"], "is required"));
+                None
+            }
+            Some(Value::String(name)) => {
+                let spec = job_types::spec(name);
+                if spec.is_none() {
+                    errors.push(FieldError::new(
+                        &["type"],
+                        format!("unknown job type; known types: {}", known_types()),
+                    ));
+                }
+                spec
+            }
+            Some(_) => {
+                errors.push(FieldError::new(&["type"], "must be a string"));
+                None
+            }
+        };
+
+        let priority = match body.get("priority") {
+            None | Some(Value::Null) => 0,
+            Some(v) => match v.as_u64() {
+                Some(p) if p <= 9 => p as u8,
+                _ => {
+                    errors.push(FieldError::new(
+                        &["priority"],
+                        "must be an integer from 0 to 9",
+                    ));
+                    0
+                }
+            },
+        };
+
+        if body.get("callback_url").is_some_and(|v| !v.is_null()) {
+            // Accepting a callback and never calling it would be worse than saying no.
+            errors.push(FieldError::new(
+                &["callback_url"],
+                "callbacks are not supported by this server yet",
+            ));
+        }
+
+        let input = body.remove("input").unwrap_or(Value::Null);
+        if let Some(spec) = spec {
+            errors.extend(spec.validate(&input));
+        }
+        match spec {
+            Some(spec) if errors.is_empty() => Ok(Submission {
+                spec,
+                input,
+                priority,
+            }),
+            _ => Err(invalid(errors)),
+        }
+    }
+}
+
+fn known_types() -> String {
+    job_types::CATALOG
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn invalid(errors: Vec<FieldError>) -> ApiError {
+    let detail = match errors.as_slice() {
+        [one] if one.field.is_empty() => one.detail.clone(),
+        [one] => format!("{}: {}", one.field, one.detail),
+        many => format!("{} fields are invalid", many.len()),
+    };
+    ApiError::Validation { detail, errors }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(result: Result<Submission, ApiError>) -> Vec<String> {
+        match result {
+            Err(ApiError::Validation { errors, .. }) => {
+                errors.into_iter().map(|e| e.field).collect()
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn valid_submission() {
+        let s = Submission::parse(json!({"type": "sleep", "input": {"seconds": 1}, "priority": 3}))
+            .unwrap();
+        assert_eq!(s.spec.name, "sleep");
+        assert_eq!(s.priority, 3);
+    }
+
+    #[test]
+    fn names_every_bad_member() {
+        assert_eq!(
+            fields(Submission::parse(
+                json!({"type": "hash", "input": {"bytes": "x"}, "priority": 10, "x": 1})
+            )),
+            ["x", "priority", "input.bytes"]
+        );
+        assert_eq!(fields(Submission::parse(json!({"type": "nope"}))), ["type"]);
+        assert_eq!(fields(Submission::parse(json!({}))), ["type"]);
+        assert_eq!(fields(Submission::parse(json!([1]))), [""]);
+        assert_eq!(fields(Submission::parse(json!({"type": 5}))), ["type"]);
+    }
+}
