@@ -100,6 +100,7 @@ impl RetryAfterSettings {
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub progress_interval_ms: u64,
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,155 @@
+//! The consume loop: one connection and channel, a bounded prefetch, and at most
+//! `concurrency` jobs running at once. It reconnects by itself when the broker goes away, and on
+//! shutdown stops taking deliveries, lets running jobs finish within the grace period, and
+//! closes the channel so that whatever is unfinished goes back to the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use shared::configuration::{AmqpSettings, WorkerSettings};
+use shared::topology;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::process::Processor;
+
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("connecting timed out")]
+    ConnectTimeout,
+    #[error("the broker closed the consumer")]
+    Closed,
+}
+
+pub struct Consumer {
+    pub amqp: AmqpSettings,
+    pub worker: WorkerSettings,
+    pub processor: Processor,
+    pub consumer_tag: String,
+}
+
+enum Ended {
+    Shutdown,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown` turns true, reconnecting as needed.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = RECONNECT_MIN;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.session(&mut shutdown).await {
+                Ok(Ended::Shutdown) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// One connection's life: consume until the connection fails or shutdown is asked.
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Ended, ConsumeError> {
+        let connect = Connection::connect(&self.amqp.url, ConnectionProperties::default());
+        let connection =
+            tokio::time::timeout(Duration::from_millis(self.amqp.connect_timeout_ms), connect)
+                .await
+                .map_err(|_| ConsumeError::ConnectTimeout)??;
+        let channel = connection.create_channel().await?;
+        topology::declare_work_queue(&channel, &self.amqp).await?;
+        channel
+            .basic_qos(self.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut deliveries = channel
+            .basic_consume(
+                ShortString::from(self.amqp.queue.as_str()),
+                ShortString::from(self.consumer_tag.as_str()),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, concurrency = self.worker.concurrency, "consuming");
+
+        let slots = Arc::new(Semaphore::new(self.worker.concurrency));
+        let mut running = JoinSet::new();
+        let ended = loop {
+            // Wait for a free slot first, so deliveries beyond `concurrency` stay in the
+            // prefetch buffer (where a closing channel hands them back) rather than in memory.
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break Err(ConsumeError::Closed),
+                },
+                _ = shutdown.changed() => break Ok(Ended::Shutdown),
+            };
+            let delivery = tokio::select! {
+                next = deliveries.next() => next,
+                _ = shutdown.changed() => break Ok(Ended::Shutdown),
+            };
+            match delivery {
+                Some(Ok(delivery)) => {
+                    let processor = self.processor.clone();
+                    running.spawn(async move {
+                        processor.handle(delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => break Err(e.into()),
+                None => break Err(ConsumeError::Closed),
+            }
+            // Reap finished tasks so the set does not grow.
+            while running.try_join_next().is_some() {}
+        };
+
+        if matches!(ended, Ok(Ended::Shutdown)) {
+            // Stop new deliveries, then give running jobs the grace period.
+            let _ = channel
+                .basic_cancel(
+                    ShortString::from(self.consumer_tag.as_str()),
+                    BasicCancelOptions::default(),
+                )
+                .await;
+            let grace = Duration::from_secs(self.worker.shutdown_grace_seconds);
+            tracing::info!(
+                running = running.len(),
+                grace_s = grace.as_secs(),
+                "shutting down: draining running jobs"
+            );
+            let drained = tokio::time::timeout(grace, async {
+                while running.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(
+                    unfinished = running.len(),
+                    "grace period over; unfinished jobs go back to the queue"
+                );
+                running.abort_all();
+            }
+        } else {
+            // The connection is gone: running jobs cannot ack any more. Let them finish
+            // storing their outcome (their messages are redelivered and then skipped).
+            while running.join_next().await.is_some() {}
+        }
+        // Closing returns every unacknowledged delivery to the queue.
+        let _ = connection
+            .close(200, ShortString::from("worker stopping"))
+            .await;
+        ended
+    }
+}

@@ -1,0 +1,105 @@
+//! What a running handler gets besides its input: the job's id and attempt, and a way to
+//! report progress. Progress writes are coalesced (at most one per configured interval), so a
+//! handler may report as often as it likes without flooding Redis.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shared::{JobId, JobStatus, Progress, StatusDocument};
+
+use crate::job_store::JobStore;
+
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: JobId,
+    attempt: u32,
+    store: Option<JobStore>,
+    interval: Duration,
+    state: Mutex<ProgressState>,
+}
+
+struct ProgressState {
+    doc: StatusDocument,
+    last_write: Option<Instant>,
+}
+
+impl JobContext {
+    pub(crate) fn new(doc: StatusDocument, store: JobStore, interval: Duration) -> Self {
+        Self::build(doc, Some(store), interval)
+    }
+
+    /// A context that records progress in memory only: for testing handlers without Redis.
+    pub fn detached(doc: StatusDocument) -> Self {
+        Self::build(doc, None, Duration::ZERO)
+    }
+
+    fn build(doc: StatusDocument, store: Option<JobStore>, interval: Duration) -> Self {
+        JobContext {
+            inner: Arc::new(Inner {
+                id: doc.id,
+                attempt: doc.attempts,
+                store,
+                interval,
+                state: Mutex::new(ProgressState {
+                    doc,
+                    last_write: None,
+                }),
+            }),
+        }
+    }
+
+    pub fn job_id(&self) -> JobId {
+        self.inner.id
+    }
+
+    /// 1 on the first run, more when the job is run again.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// Reports progress (`percent` is clamped to 0..=100). Best effort: a failed write is
+    /// logged, never fails the job.
+    pub async fn progress(&self, percent: f64, message: impl Into<String>) {
+        let percent = if percent.is_finite() {
+            // Two decimals are plenty for a progress bar and keep the document short.
+            (percent.clamp(0.0, 100.0) * 100.0).round() / 100.0
+        } else {
+            0.0
+        };
+        let doc = {
+            let Ok(mut state) = self.inner.state.lock() else {
+                return;
+            };
+            state.doc.progress = Some(Progress {
+                percent,
+                message: message.into(),
+            });
+            let due = state
+                .last_write
+                .is_none_or(|t| t.elapsed() >= self.inner.interval);
+            if !due {
+                return;
+            }
+            state.last_write = Some(Instant::now());
+            state.doc.clone()
+        };
+        if let Some(store) = &self.inner.store {
+            if let Err(e) = store.transition(&doc, &[JobStatus::Running], None).await {
+                tracing::warn!(job_id = %self.inner.id, error = %e, "progress not recorded");
+            }
+        }
+    }
+
+    /// The latest progress reported (written or not).
+    pub fn latest_progress(&self) -> Option<Progress> {
+        self.inner
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.doc.progress.clone())
+    }
+}

@@ -1,0 +1,128 @@
+//! The worker's side of the job store in Redis. Every state change is one Lua script that
+//! checks the job's current state before writing, so a transition is atomic and a late write
+//! (a slow worker, a redelivered message) never moves a job out of a terminal state.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use shared::configuration::{JobSettings, RedisSettings};
+use shared::keys::field;
+use shared::{JobId, JobStatus, KeyLayout, StatusDocument};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot encode the status document: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// KEYS: job hash, tombstone. ARGV: allowed current states (comma-separated), new state,
+/// document, ttl, worker id, has-result flag, result, tombstone ttl (0: none).
+/// Returns "ok", or the current state ("missing" when there is no job) when it did not write.
+const TRANSITION: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'missing' end
+local allowed = false
+for s in string.gmatch(ARGV[1], '[^,]+') do
+  if s == state then allowed = true end
+end
+if not allowed then return state end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'doc', ARGV[3], 'worker', ARGV[5])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[2], '1', 'EX', ARGV[8]) end
+return 'ok'
+"#;
+
+/// What a transition found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Transition {
+    Done,
+    /// The job was in another state (returned), so nothing was written.
+    Refused(String),
+}
+
+#[derive(Clone)]
+pub struct JobStore {
+    conn: ConnectionManager,
+    keys: KeyLayout,
+    script: Script,
+    retention_seconds: u64,
+    tombstone_seconds: u64,
+    worker_id: String,
+}
+
+impl JobStore {
+    pub fn new(
+        redis: &RedisSettings,
+        jobs: &JobSettings,
+        worker_id: String,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(redis.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(redis.response_timeout_ms)))
+            .set_connection_timeout(Some(Duration::from_millis(redis.connection_timeout_ms)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        Ok(JobStore {
+            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            keys: KeyLayout::new(redis.key_prefix.clone()),
+            script: Script::new(TRANSITION),
+            retention_seconds: jobs.retention_seconds,
+            tombstone_seconds: jobs.retention_seconds + jobs.tombstone_seconds,
+            worker_id,
+        })
+    }
+
+    /// The job's status document, if the job exists.
+    pub async fn load(&self, id: &JobId) -> Result<Option<StatusDocument>, StoreError> {
+        let mut conn = self.conn.clone();
+        let doc: Option<Vec<u8>> = conn.hget(self.keys.job(id), field::DOC).await?;
+        Ok(match doc {
+            Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+            None => None,
+        })
+    }
+
+    /// Writes `doc` (and `result`) if the job is now in one of `from`.
+    pub async fn transition(
+        &self,
+        doc: &StatusDocument,
+        from: &[JobStatus],
+        result: Option<&[u8]>,
+    ) -> Result<Transition, StoreError> {
+        let doc_bytes = serde_json::to_vec(doc)?;
+        let allowed = from
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let tombstone = if doc.status.is_terminal() {
+            self.tombstone_seconds
+        } else {
+            0
+        };
+        let mut conn = self.conn.clone();
+        let outcome: String = self
+            .script
+            .key(self.keys.job(&doc.id))
+            .key(self.keys.tombstone(&doc.id))
+            .arg(allowed)
+            .arg(doc.status.as_str())
+            .arg(doc_bytes)
+            .arg(self.retention_seconds)
+            .arg(&self.worker_id)
+            .arg(if result.is_some() { "1" } else { "0" })
+            .arg(result.unwrap_or_default())
+            .arg(tombstone)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(if outcome == "ok" {
+            Transition::Done
+        } else {
+            Transition::Refused(outcome)
+        })
+    }
+}

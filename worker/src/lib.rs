@@ -1,0 +1,13 @@
+//! The worker: consumes job messages from RabbitMQ (manual acks, bounded prefetch), runs each
+//! job's handler, and writes running, progress, and the outcome to Redis before acknowledging.
+//! Run as many worker processes as you like against the same queue.
+
+pub mod consumer;
+pub mod context;
+pub mod job_store;
+pub mod jobs;
+pub mod process;
+pub mod startup;
+
+pub use context::JobContext;
+pub use jobs::{JobFailure, Registry};

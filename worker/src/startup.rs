@@ -1,0 +1,90 @@
+//! Builds a worker from its settings and runs it until a shutdown signal.
+
+use std::time::Duration;
+
+use shared::Settings;
+use tokio::sync::watch;
+
+use crate::consumer::Consumer;
+use crate::job_store::{JobStore, StoreError};
+use crate::jobs::Registry;
+use crate::process::Processor;
+
+/// A name for this worker process: host, pid and a random suffix.
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    format!("{host}-{}-{suffix}", std::process::id())
+}
+
+/// Runs the worker with `registry` until `shutdown` turns true.
+pub async fn run(
+    settings: Settings,
+    registry: Registry,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), StoreError> {
+    let id = worker_id();
+    for spec in shared::job_types::CATALOG {
+        if registry.contains(spec.name) {
+            continue;
+        }
+        tracing::warn!(
+            job_type = spec.name,
+            "no handler for a catalog job type; its jobs will fail here"
+        );
+    }
+    let store = JobStore::new(&settings.redis, &settings.jobs, id.clone())?;
+    let processor = Processor {
+        store,
+        registry,
+        progress_interval: Duration::from_millis(settings.worker.progress_interval_ms),
+    };
+    tracing::info!(worker_id = %id, "worker starting");
+    Consumer {
+        amqp: settings.amqp,
+        worker: settings.worker,
+        processor,
+        consumer_tag: id,
+    }
+    .run(shutdown)
+    .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Turns SIGINT or SIGTERM into a `true` on the returned channel.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
