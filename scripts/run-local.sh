@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Run the whole system on this machine: one HTTP facade (api) and two workers,
+# against RabbitMQ and Redis on localhost (started if they are not running).
+#
+#   scripts/run-local.sh                       # facade on 127.0.0.1:8080
+#   APP__HTTP__PORT=9090 scripts/run-local.sh  # another port
+#
+# Any APP__<SECTION>__<KEY> variable in the environment overrides the compiled-in
+# defaults (see config/default.toml). Ctrl-C (or SIGTERM) stops every process
+# gracefully: they get SIGTERM and the script waits for them (a second Ctrl-C
+# kills them at once). If any process exits on its own, the others are stopped
+# and the script exits non-zero.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+export APP__HTTP__PORT="${APP__HTTP__PORT:-8080}"
+http_host="${APP__HTTP__HOST:-127.0.0.1}"
+worker_count=2
+
+log() { printf 'run-local: %s\n' "$*" >&2; }
+
+bash scripts/services.sh
+
+log "building release binaries"
+cargo build --release --bin api --bin worker
+
+pids=()
+names=()
+stopping=0
+
+# start NAME COMMAND...: run COMMAND in the background in its own session, so a
+# Ctrl-C in the terminal reaches only this script, which then forwards SIGTERM.
+start() {
+  local name="$1"; shift
+  setsid "$@" &
+  pids+=("$!")
+  names+=("$name")
+  log "started $name (pid $!)"
+}
+
+name_of() {
+  local i
+  for i in "${!pids[@]}"; do
+    if [[ "${pids[$i]}" == "$1" ]]; then
+      printf '%s' "${names[$i]}"
+      return
+    fi
+  done
+  printf 'pid %s' "$1"
+}
+
+stop_children() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+}
+
+wait_children() {
+  local pid
+  for pid in "${pids[@]}"; do
+    # wait returns early when a trapped signal arrives: wait again until the child is gone.
+    while kill -0 "$pid" 2>/dev/null; do
+      wait "$pid" 2>/dev/null || true
+    done
+  done
+}
+
+# shellcheck disable=SC2317 # invoked by trap
+on_signal() {
+  if ((stopping)); then
+    log "second signal: killing all processes"
+    local pid
+    for pid in "${pids[@]}"; do
+      kill -KILL "$pid" 2>/dev/null || true
+    done
+    return 0
+  fi
+  stopping=1
+  log "stopping: sending SIGTERM to all processes and waiting for them (Ctrl-C again to kill)"
+  stop_children
+}
+
+# shellcheck disable=SC2317 # invoked by trap
+on_exit() {
+  # Unexpected exit of the script itself (an error under set -e): leave no orphans.
+  if ((${#pids[@]} > 0)); then
+    stop_children
+    wait_children
+  fi
+}
+
+trap 'on_signal || :' INT TERM HUP
+trap on_exit EXIT
+
+start api target/release/api
+for ((i = 1; i <= worker_count; i++)); do
+  start "worker-$i" target/release/worker
+done
+if ((stopping)); then
+  stop_children # a signal came while the processes were being started
+fi
+
+cat >&2 <<MSG
+
+run-local: facade listening on http://${http_host}:${APP__HTTP__PORT} (${worker_count} workers)
+run-local: submit a job:
+  curl -si -X POST localhost:${APP__HTTP__PORT}/v1/jobs -H 'content-type: application/json' -d '{"type":"echo","input":{"hello":"world"}}'
+run-local: then poll the URL from the Location header of the answer
+run-local: Ctrl-C stops everything
+
+MSG
+
+status=0
+exited_pid=""
+set +e
+wait -n -p exited_pid "${pids[@]}"
+child_status=$?
+set -e
+
+if [[ -n "${exited_pid:-}" ]] && ((stopping == 0)); then
+  # A process exited on its own: stop the rest and fail.
+  log "$(name_of "$exited_pid") exited unexpectedly (status $child_status); stopping the others"
+  stopping=1
+  status=1
+  stop_children
+fi
+
+wait_children
+trap - EXIT
+log "all processes stopped"
+exit "$status"
