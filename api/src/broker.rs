@@ -140,7 +140,7 @@ impl Broker {
                     properties,
                 )
                 .await?;
-            Ok::<_, lapin::Error>(confirm.await?)
+            confirm.await
         };
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
         let confirmation = match tokio::time::timeout(timeout, publish).await {

@@ -1,1 +1,445 @@
+//! Harness for the end-to-end tests: builds the real `api` and `worker` binaries, starts them
+//! against the local RabbitMQ and Redis with a queue name and key prefix of their own (so tests
+//! run in parallel), and removes what they left behind when the test ends, pass or fail.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ConnectionProperties};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+
+/// Builds both binaries once per test process (cargo makes this a no-op when up to date), so
+/// tests always run the code under test, never a stale build.
+fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("workspace");
+        let mut build = Command::new(cargo);
+        build
+            .current_dir(workspace)
+            .args(["build", "--quiet", "-p", "api", "-p", "worker", "--bins"]);
+        // Cargo hands the test its own CARGO_* variables; passed on, they change the build's
+        // fingerprints and make every run rebuild.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+                build.env_remove(key);
+            }
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+        // target/<profile>/deps/<test binary> -> target/<profile>
+        let exe = std::env::current_exe().expect("current exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf()
+    })
+}
+
+fn log_dir() -> PathBuf {
+    let dir = bin_dir().join("e2e-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
+}
+
+/// A free TCP port on loopback (bound and released: the race with another process taking it
+/// in between is acceptable for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// How to start a stack.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub workers: usize,
+    /// Extra `APP__…` variables for both binaries.
+    pub env: Vec<(String, String)>,
+    /// Extra variables for the api only.
+    pub api_env: Vec<(String, String)>,
+    /// Wait for /readyz to answer 200 before returning.
+    pub wait_ready: bool,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            workers: 1,
+            env: Vec::new(),
+            api_env: Vec::new(),
+            wait_ready: true,
+        }
+    }
+}
+
+impl StackOptions {
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.into(), value.to_string()));
+        self
+    }
+
+    pub fn api_env(mut self, key: &str, value: impl ToString) -> Self {
+        self.api_env.push((key.into(), value.to_string()));
+        self
+    }
+
+    pub fn no_wait(mut self) -> Self {
+        self.wait_ready = false;
+        self
+    }
+}
+
+/// A running facade and its workers, with their own queue and Redis key prefix.
+pub struct Stack {
+    pub name: String,
+    pub queue: String,
+    pub prefix: String,
+    pub base: String,
+    pub http: reqwest::Client,
+    /// A client that does not follow redirects, to see the 303 itself.
+    pub http_no_redirect: reqwest::Client,
+    api: Option<Child>,
+    workers: Vec<Child>,
+    options: StackOptions,
+}
+
+impl Stack {
+    pub async fn start(name: &str) -> Stack {
+        Self::start_with(name, StackOptions::default()).await
+    }
+
+    pub async fn start_with(name: &str, options: StackOptions) -> Stack {
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let port = free_port();
+        let mut stack = Stack {
+            name: format!("{name}-{tag}"),
+            queue: format!("e2e-{name}-{tag}"),
+            prefix: format!("e2e-{tag}"),
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            http_no_redirect: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            api: None,
+            workers: Vec::new(),
+            options: options.clone(),
+        };
+        let mut api_env = options.api_env.clone();
+        api_env.push(("APP__HTTP__PORT".into(), port.to_string()));
+        stack.api = Some(stack.spawn("api", "api", &api_env));
+        for _ in 0..options.workers {
+            stack.add_worker();
+        }
+        if options.wait_ready {
+            stack.wait_ready().await;
+        }
+        stack
+    }
+
+    fn spawn(&self, binary: &str, label: &str, extra: &[(String, String)]) -> Child {
+        let log = log_dir().join(format!("{}-{label}.log", self.name));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(bin_dir().join(binary));
+        cmd.env("APP__AMQP__QUEUE", &self.queue)
+            .env("APP__REDIS__KEY_PREFIX", &self.prefix)
+            .env("APP__LOG__FORMAT", "json")
+            .env("APP__WORKER__SHUTDOWN_GRACE_SECONDS", "2")
+            .env("APP__HTTP__SHUTDOWN_GRACE_SECONDS", "1")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        for (k, v) in self.options.env.iter().chain(extra) {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("spawn binary")
+    }
+
+    /// Starts one more worker on the same queue.
+    pub fn add_worker(&mut self) {
+        let label = format!("worker{}", self.workers.len() + 1);
+        let child = self.spawn("worker", &label, &[]);
+        self.workers.push(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Waits (up to 30 s) until the facade answers /readyz with 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: facade never became ready",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits (up to 30 s) until the facade answers anything on /healthz.
+    pub async fn wait_alive(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.http.get(self.url("/healthz")).send().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: facade never started",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// POSTs a job request (any JSON) with the JSON content type.
+    pub async fn submit(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/jobs"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs")
+    }
+
+    /// Submits and asserts 202; returns the status monitor's path.
+    pub async fn submit_ok(&self, body: &Value) -> String {
+        let response = self.submit(body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "submit {body}");
+        response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .expect("Location")
+            .to_owned()
+    }
+
+    /// The plain polling loop a generic client runs: GET the status monitor while it answers
+    /// 202, following redirects; returns the first answer that is not 202.
+    pub async fn wait(&self, location: &str, timeout: Duration) -> reqwest::Response {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let response = self
+                .http
+                .get(self.url(location))
+                .send()
+                .await
+                .expect("poll");
+            if response.status() != StatusCode::ACCEPTED {
+                return response;
+            }
+            assert!(
+                response.headers().contains_key("retry-after"),
+                "202 without Retry-After"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{location} still pending after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The job's status document as served (following no redirect, unwrapping failures).
+    pub async fn status_doc(&self, location: &str) -> Value {
+        let response = self
+            .http_no_redirect
+            .get(self.url(location))
+            .send()
+            .await
+            .expect("status");
+        let body: Value = response.json().await.expect("JSON body");
+        match body.get("job") {
+            Some(job) => job.clone(),
+            None => body,
+        }
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(REDIS_URL)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection")
+    }
+
+    /// Every Redis key under this stack's prefix.
+    pub async fn redis_keys(&self) -> Vec<String> {
+        let mut conn = self.redis().await;
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("SCAN");
+            keys.extend(batch);
+            if next == 0 {
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    /// A field of the job's hash in Redis (`state`, `doc`, `result`, `worker`).
+    pub async fn job_field(&self, job_id: &str, field: &str) -> Option<String> {
+        let mut conn = self.redis().await;
+        redis::cmd("HGET")
+            .arg(format!("{}:job:{{{job_id}}}", self.prefix))
+            .arg(field)
+            .query_async(&mut conn)
+            .await
+            .expect("HGET")
+    }
+
+    /// (messages ready, consumers) of this stack's queue, or `None` if it does not exist.
+    pub async fn queue_info(&self) -> Option<(u32, u32)> {
+        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("amqp connection");
+        let channel = connection.create_channel().await.expect("channel");
+        let info = channel
+            .queue_declare(
+                ShortString::from(self.queue.as_str()),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()
+            .map(|q| (q.message_count(), q.consumer_count()));
+        let _ = connection.close(200, ShortString::from("bye")).await;
+        info
+    }
+
+    /// Deletes this stack's queue (to make publishes unroutable).
+    pub async fn delete_queue(&self) {
+        delete_queue(&self.queue).await;
+    }
+
+    /// Waits until the queue has `n` consumers.
+    pub async fn wait_consumers(&self, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.queue_info().await.is_some_and(|(_, c)| c >= n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: never saw {n} consumers",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The id at the end of a status monitor path.
+pub fn job_id(location: &str) -> &str {
+    location.rsplit('/').next().unwrap_or_default()
+}
+
+async fn delete_queue(queue: &str) {
+    if let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = connection.close(200, ShortString::from("bye")).await;
+    }
+}
+
+async fn delete_keys(prefix: &str) {
+    let Ok(client) = redis::Client::open(REDIS_URL) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let Ok((next, keys)): Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+        else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _ = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in self.api.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Clean up on a thread of its own: Drop may run inside a runtime, or while panicking.
+        let queue = self.queue.clone();
+        let prefix = self.prefix.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    delete_queue(&queue).await;
+                    delete_keys(&prefix).await;
+                });
+            }
+        })
+        .join();
+    }
+}
