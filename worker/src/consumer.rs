@@ -125,6 +125,7 @@ impl Consumer {
                 )
                 .await;
             let grace = Duration::from_secs(self.worker.shutdown_grace_seconds);
+            while running.try_join_next().is_some() {}
             tracing::info!(
                 running = running.len(),
                 grace_s = grace.as_secs(),
