@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
 use shared::configuration::AmqpSettings;
-use shared::message::CONTENT_TYPE;
+use shared::publish::{publish_confirmed, PublishError};
 use shared::topology;
 use tokio::sync::Mutex;
 
@@ -25,14 +24,8 @@ pub enum BrokerError {
     Connect(String),
     #[error("the broker connection failed: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("the broker did not confirm the publish in time")]
-    ConfirmTimeout,
-    #[error("the broker refused the message (nack)")]
-    Nacked,
-    #[error("the message was returned unroutable: {0}")]
-    Returned(String),
-    #[error("the channel is not in confirm mode")]
-    ConfirmsOff,
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     #[error("the broker is unreachable (retrying shortly)")]
     BackingOff,
 }
@@ -123,41 +116,22 @@ impl Broker {
     /// Publishes `payload` to the work queue and waits for the broker's confirm.
     pub async fn publish(&self, message_id: &str, payload: &[u8]) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2) // persistent
-            .with_content_type(ShortString::from(CONTENT_TYPE))
-            .with_message_id(ShortString::from(message_id));
-        let publish = async {
-            let confirm = channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(self.settings.queue.as_str()),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    payload,
-                    properties,
-                )
-                .await?;
-            confirm.await
-        };
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
-        let confirmation = match tokio::time::timeout(timeout, publish).await {
-            Err(_) => return Err(BrokerError::ConfirmTimeout),
-            Ok(result) => result?,
-        };
-        match confirmation {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => {
-                // Unroutable: most likely the queue was deleted. Declare it again before the
-                // next publish so the facade heals by itself.
-                self.slot.lock().await.redeclare = true;
-                Err(BrokerError::Returned(returned.reply_text.to_string()))
-            }
-            Confirmation::Nack(_) => Err(BrokerError::Nacked),
-            Confirmation::NotRequested => Err(BrokerError::ConfirmsOff),
+        let result = publish_confirmed(
+            &channel,
+            &self.settings.queue,
+            message_id,
+            payload,
+            None,
+            timeout,
+        )
+        .await;
+        if let Err(PublishError::Returned(_)) = &result {
+            // Unroutable: most likely the queue was deleted. Declare it again before the
+            // next publish so the facade heals by itself.
+            self.slot.lock().await.redeclare = true;
         }
+        Ok(result?)
     }
 
     /// Whether the broker can be reached now (connecting if need be).

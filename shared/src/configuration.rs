@@ -2,10 +2,13 @@
 //! binary runs from any directory), an optional file, then `APP__SECTION__KEY` environment
 //! variables. Both sides read the same sections so the queue name and key prefix cannot drift.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
+
+use crate::job_types::JobTypeSpec;
 
 /// The defaults file, as shipped in the repository.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -29,6 +32,10 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     pub publish_timeout_ms: u64,
     pub connect_timeout_ms: u64,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    pub delivery_limit: u32,
+    pub consumer_timeout_seconds: u64,
 }
 
 // The URL carries the broker password: never print it.
@@ -80,6 +87,37 @@ pub struct HttpSettings {
 pub struct JobSettings {
     pub retention_seconds: u64,
     pub tombstone_seconds: u64,
+    /// Per job type overrides of the catalog's limits, e.g. `[jobs.limits.sleep]` or
+    /// `APP__JOBS__LIMITS__SLEEP__MAX_RUN_SECONDS=60`.
+    #[serde(default)]
+    pub limits: HashMap<String, TypeLimits>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TypeLimits {
+    pub max_attempts: Option<u32>,
+    pub max_run_seconds: Option<u64>,
+}
+
+/// The limits in force for one job type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_attempts: u32,
+    pub max_run_seconds: u64,
+}
+
+impl JobSettings {
+    /// The catalog's limits for `spec`, with this configuration's overrides applied.
+    pub fn limits_for(&self, spec: &JobTypeSpec) -> Limits {
+        let overrides = self.limits.get(spec.name).cloned().unwrap_or_default();
+        Limits {
+            max_attempts: overrides.max_attempts.unwrap_or(spec.max_attempts).max(1),
+            max_run_seconds: overrides
+                .max_run_seconds
+                .unwrap_or(spec.max_run_seconds)
+                .max(1),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -99,6 +137,7 @@ impl RetryAfterSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub concurrency: usize,
+    pub lease_seconds: u64,
     pub progress_interval_ms: u64,
     pub shutdown_grace_seconds: u64,
 }
@@ -155,6 +194,16 @@ impl Settings {
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return bad("redis.key_prefix must be non-empty and hold no braces");
         }
+        if self.amqp.retry_base_delay_ms == 0
+            || self.amqp.retry_max_delay_ms < self.amqp.retry_base_delay_ms
+        {
+            return bad(
+                "amqp.retry_base_delay_ms must be at least 1 and at most retry_max_delay_ms",
+            );
+        }
+        if self.worker.lease_seconds < 3 {
+            return bad("worker.lease_seconds must be at least 3");
+        }
         if self.jobs.retention_seconds == 0 {
             return bad("jobs.retention_seconds must be at least 1");
         }
@@ -181,6 +230,26 @@ mod tests {
         assert!(s.worker.concurrency >= 1);
         assert!(!format!("{:?}", s.amqp).contains("guest:guest"));
         assert_eq!(redact_url("amqp://u:p@h:1/v"), "amqp://***@h:1/v");
+    }
+
+    #[test]
+    fn per_type_limits_can_be_overridden() {
+        let mut s = Settings::load(None).unwrap();
+        let sleep = crate::job_types::spec("sleep").unwrap();
+        assert_eq!(
+            s.jobs.limits_for(sleep).max_run_seconds,
+            sleep.max_run_seconds
+        );
+        s.jobs.limits.insert(
+            "sleep".into(),
+            TypeLimits {
+                max_attempts: None,
+                max_run_seconds: Some(2),
+            },
+        );
+        let limits = s.jobs.limits_for(sleep);
+        assert_eq!(limits.max_run_seconds, 2);
+        assert_eq!(limits.max_attempts, sleep.max_attempts);
     }
 
     #[test]

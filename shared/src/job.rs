@@ -213,6 +213,10 @@ pub struct StatusDocument {
     pub started_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// While a failed attempt waits for its retry: when the next attempt is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The last error: the final one when failed, the last attempt's while a retry waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     pub links: Links,
@@ -230,6 +234,7 @@ impl StatusDocument {
             created_at,
             started_at: None,
             finished_at: None,
+            next_attempt_at: None,
             error: None,
             links: Links::for_job(&id),
         }

@@ -44,6 +44,11 @@ pub struct JobTypeSpec {
     pub name: &'static str,
     pub description: &'static str,
     pub input: InputRules,
+    /// Most runs of one job: a transient failure is retried until this many attempts were
+    /// made, and a job whose worker keeps dying is given up after this many starts.
+    pub max_attempts: u32,
+    /// Longest one run may take before it is stopped and the job fails with a timeout.
+    pub max_run_seconds: u64,
 }
 
 /// One invalid field of a request, reported in the problem's `errors` member.
@@ -104,9 +109,12 @@ pub struct HashInput {
 #[serde(deny_unknown_fields)]
 pub struct FailInput {
     pub message: String,
-    /// `handler-failed` (default) or `input-rejected`: which failure to simulate.
+    /// `handler-failed` (default), `input-rejected`, `transient` or `panic`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// Fail only on attempts before this one, then succeed.
+    #[serde(default)]
+    pub until_attempt: Option<u32>,
 }
 
 /// The built-in job types.
@@ -115,6 +123,8 @@ pub const CATALOG: &[JobTypeSpec] = &[
         name: ECHO,
         description: "Returns its input unchanged (the no-op job).",
         input: InputRules::Any,
+        max_attempts: 3,
+        max_run_seconds: 30,
     },
     JobTypeSpec {
         name: SLEEP,
@@ -128,6 +138,9 @@ pub const CATALOG: &[JobTypeSpec] = &[
             required: true,
             description: "How long to sleep, 0 to 3600.",
         }]),
+        max_attempts: 3,
+        // The longest sleep and some slack.
+        max_run_seconds: 3660,
     },
     JobTypeSpec {
         name: HASH,
@@ -152,10 +165,12 @@ pub const CATALOG: &[JobTypeSpec] = &[
                 description: "Seed of the byte generator (default 0).",
             },
         ]),
+        max_attempts: 3,
+        max_run_seconds: 600,
     },
     JobTypeSpec {
         name: FAIL,
-        description: "Always fails with `message` (the failure path).",
+        description: "Fails with `message` (the failure path), always or until an attempt.",
         input: InputRules::Object(&[
             FieldSpec {
                 name: "message",
@@ -168,11 +183,20 @@ pub const CATALOG: &[JobTypeSpec] = &[
             },
             FieldSpec {
                 name: "kind",
-                kind: FieldKind::OneOf(&["handler-failed", "input-rejected"]),
+                kind: FieldKind::OneOf(&["handler-failed", "input-rejected", "transient", "panic"]),
                 required: false,
-                description: "Which failure to report (default handler-failed).",
+                description: "Which failure: handler-failed (default), input-rejected, transient \
+                              (retried with back-off) or panic (the handler panics).",
+            },
+            FieldSpec {
+                name: "until_attempt",
+                kind: FieldKind::Integer { min: 1, max: 100 },
+                required: false,
+                description: "Fail only on attempts before this one, then succeed.",
             },
         ]),
+        max_attempts: 3,
+        max_run_seconds: 30,
     },
 ];
 

@@ -15,6 +15,9 @@ pub mod field {
     pub const RESULT: &str = "result";
     /// Id of the worker that last took the job (for operators and tests; not served).
     pub const WORKER: &str = "worker";
+    /// The queue message of a job run under a lease (acknowledged early), so that it can be
+    /// published again if its worker dies.
+    pub const MESSAGE: &str = "msg";
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +39,12 @@ impl KeyLayout {
     /// The job's hash.
     pub fn job(&self, id: &JobId) -> String {
         format!("{}:job:{{{}}}", self.prefix, id)
+    }
+
+    /// Sorted set of jobs running under a lease: member job id, score the lease's expiry
+    /// (unix milliseconds).
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
     }
 
     /// A tiny marker that outlives the job's hash, so an expired job answers 410, not 404.

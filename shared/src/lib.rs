@@ -7,6 +7,7 @@ pub mod job;
 pub mod job_types;
 pub mod keys;
 pub mod message;
+pub mod publish;
 pub mod telemetry;
 pub mod topology;
 

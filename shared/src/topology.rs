@@ -1,6 +1,15 @@
-//! The RabbitMQ topology both sides declare: one durable work queue. Declaring is idempotent, so
-//! the facade and every worker declare it at (re)connect and whichever comes first creates it;
-//! they must declare it with the same arguments or the broker refuses the second declaration.
+//! The RabbitMQ topology both sides declare (idempotently, at every connect):
+//!
+//! - the durable work queue `<queue>`, dead-lettering into `<queue>.dead`;
+//! - the dead-letter queue `<queue>.dead`, where messages that cannot be handled end up (an
+//!   operator inspects and replays them; see the README);
+//! - one delay queue per retry step, `<queue>.retry.<ms>`, whose messages expire after `<ms>`
+//!   and are dead-lettered back into the work queue. One queue per step (rather than one queue
+//!   with per-message TTLs) because a queue only expires messages at its head: a long delay must
+//!   never hold up a short one.
+//!
+//! Both sides must declare with the same arguments or the broker refuses the second declaration,
+//! which is why the arguments are built here, once.
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -8,32 +17,120 @@ use lapin::Channel;
 
 use crate::configuration::{AmqpSettings, QueueType};
 
+/// The dead-letter queue of `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// The delay queue of `queue` whose messages wait `delay_ms`.
+pub fn retry_queue(queue: &str, delay_ms: u64) -> String {
+    format!("{queue}.retry.{delay_ms}")
+}
+
+/// The retry steps in milliseconds: base, 2·base, 4·base, … up to and including max.
+pub fn retry_steps(settings: &AmqpSettings) -> Vec<u64> {
+    let mut steps = Vec::new();
+    let mut delay = settings.retry_base_delay_ms.max(1);
+    while delay < settings.retry_max_delay_ms {
+        steps.push(delay);
+        delay = delay.saturating_mul(2);
+    }
+    steps.push(settings.retry_max_delay_ms);
+    steps
+}
+
+/// The step to wait before attempt `next_attempt` (2 for the first retry).
+pub fn retry_step(settings: &AmqpSettings, next_attempt: u32) -> u64 {
+    let steps = retry_steps(settings);
+    let index = (next_attempt.saturating_sub(2) as usize).min(steps.len() - 1);
+    steps[index]
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn queue_kind(args: &mut FieldTable, queue_type: QueueType) {
+    let (key, value) = match queue_type {
+        // Classic queues in version 2 keep messages on disk without the v1 index cost.
+        QueueType::Classic => ("x-queue-version", AMQPValue::LongInt(2)),
+        QueueType::Quorum => ("x-queue-type", text("quorum")),
+    };
+    args.insert(ShortString::from(key), value);
+}
+
 /// The arguments of the work queue for these settings.
 pub fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
     let mut args = FieldTable::default();
-    let (key, value) = match settings.queue_type {
-        // Classic queues in version 2 keep messages on disk without the v1 index cost.
-        QueueType::Classic => ("x-queue-version", AMQPValue::LongInt(2)),
-        QueueType::Quorum => (
-            "x-queue-type",
-            AMQPValue::LongString(LongString::from("quorum")),
-        ),
-    };
-    args.insert(ShortString::from(key), value);
+    queue_kind(&mut args, settings.queue_type);
+    args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+    args.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        text(&dead_letter_queue(&settings.queue)),
+    );
+    if settings.queue_type == QueueType::Quorum {
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongInt(settings.delivery_limit.min(i32::MAX as u32) as i32),
+        );
+    }
     args
 }
 
-/// Declares the durable work queue; returns how many messages it holds.
-pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<u32> {
+async fn declare(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<u32> {
     let queue = channel
         .queue_declare(
-            ShortString::from(settings.queue.as_str()),
+            ShortString::from(name),
             QueueDeclareOptions {
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            queue_arguments(settings),
+            args,
         )
         .await?;
     Ok(queue.message_count())
+}
+
+/// Declares the work queue, its dead-letter queue and its delay queues; returns how many
+/// messages the work queue holds.
+pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<u32> {
+    let mut dead_args = FieldTable::default();
+    queue_kind(&mut dead_args, settings.queue_type);
+    declare(channel, &dead_letter_queue(&settings.queue), dead_args).await?;
+    for step in retry_steps(settings) {
+        // Delay queues are classic (v2) whatever the work queue is: they only hold messages
+        // for a while, and classic queues expire them by TTL on every broker version.
+        let mut args = FieldTable::default();
+        queue_kind(&mut args, QueueType::Classic);
+        args.insert(
+            ShortString::from("x-message-ttl"),
+            AMQPValue::LongLongInt(step as i64),
+        );
+        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            text(&settings.queue),
+        );
+        declare(channel, &retry_queue(&settings.queue, step), args).await?;
+    }
+    declare(channel, &settings.queue, queue_arguments(settings)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Settings;
+
+    #[test]
+    fn retry_steps_double_up_to_the_cap() {
+        let mut amqp = Settings::load(None).unwrap().amqp;
+        amqp.retry_base_delay_ms = 1000;
+        amqp.retry_max_delay_ms = 5000;
+        assert_eq!(retry_steps(&amqp), [1000, 2000, 4000, 5000]);
+        assert_eq!(retry_step(&amqp, 2), 1000);
+        assert_eq!(retry_step(&amqp, 3), 2000);
+        assert_eq!(retry_step(&amqp, 50), 5000);
+        amqp.retry_max_delay_ms = 1000;
+        assert_eq!(retry_steps(&amqp), [1000]);
+    }
 }

@@ -7,15 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use shared::configuration::{AmqpSettings, WorkerSettings};
+use shared::publish::publish_confirmed;
 use shared::topology;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-use crate::process::Processor;
+use crate::process::{now_ms, Processor};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
@@ -72,6 +76,16 @@ impl Consumer {
                 .map_err(|_| ConsumeError::ConnectTimeout)??;
         let channel = connection.create_channel().await?;
         topology::declare_work_queue(&channel, &self.amqp).await?;
+        // A second channel, in confirm mode, for what the worker publishes itself (retries,
+        // dead letters, re-published jobs whose lease lapsed).
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let reaper = tokio::spawn(reap_lapsed_leases(
+            self.processor.clone(),
+            publisher.clone(),
+        ));
         channel
             .basic_qos(self.amqp.prefetch, BasicQosOptions::default())
             .await?;
@@ -104,8 +118,10 @@ impl Consumer {
             match delivery {
                 Some(Ok(delivery)) => {
                     let processor = self.processor.clone();
+                    let publisher = publisher.clone();
+                    let received = Instant::now().into_std();
                     running.spawn(async move {
-                        processor.handle(delivery).await;
+                        processor.handle(delivery, publisher, received).await;
                         drop(permit);
                     });
                 }
@@ -116,6 +132,7 @@ impl Consumer {
             while running.try_join_next().is_some() {}
         };
 
+        reaper.abort();
         if matches!(ended, Ok(Ended::Shutdown)) {
             // Stop new deliveries, then give running jobs the grace period.
             let _ = channel
@@ -152,5 +169,60 @@ impl Consumer {
             .close(200, ShortString::from("worker stopping"))
             .await;
         ended
+    }
+}
+
+/// Puts back on the queue every job whose lease lapsed (its worker died while running it under
+/// a lease). Every worker runs this; claiming a lease in Redis is atomic, so one job is
+/// re-published by one worker.
+async fn reap_lapsed_leases(processor: Processor, publisher: lapin::Channel) {
+    let store = &processor.store;
+    let lease_ms = processor.lease.as_millis() as i64;
+    let period = (processor.lease / 2).max(Duration::from_millis(500));
+    let timeout = Duration::from_millis(processor.amqp.publish_timeout_ms);
+    loop {
+        tokio::time::sleep(period).await;
+        let now = now_ms();
+        let ids = match store.claim_lapsed(now, now + lease_ms, 100).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot check leases");
+                continue;
+            }
+        };
+        for id in ids {
+            let doc = store.load(&id).await;
+            let message = store.kept_message(&id).await;
+            match (doc, message) {
+                (Ok(Some(doc)), Ok(Some(message))) if !doc.status.is_terminal() => {
+                    let key = id.to_string();
+                    match publish_confirmed(
+                        &publisher,
+                        &processor.amqp.queue,
+                        &key,
+                        &message,
+                        None,
+                        timeout,
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            tracing::warn!(job_id = %id, "lease lapsed (its worker died?); job put back on the queue");
+                            if let Err(e) = store.end_lease(&id).await {
+                                tracing::warn!(job_id = %id, error = %e, "cannot drop the lapsed lease");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(job_id = %id, error = %e, "cannot re-publish a lapsed job; will retry")
+                        }
+                    }
+                }
+                (Ok(_), Ok(_)) => {
+                    // Finished, expired or without a kept message: nothing to put back.
+                    let _ = store.end_lease(&id).await;
+                }
+                _ => {}
+            }
+        }
     }
 }

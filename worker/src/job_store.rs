@@ -36,6 +36,17 @@ if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[2], '1', 'EX', ARGV[8]) end
 return 'ok'
 "#;
 
+/// KEYS: leases. ARGV: now (ms), new expiry (ms), limit. Claims up to `limit` lapsed leases by
+/// pushing their expiry to the new one (so no other worker claims them meanwhile) and returns
+/// their job ids.
+const CLAIM_LAPSED: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+end
+return ids
+"#;
+
 /// What a transition found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Transition {
@@ -49,6 +60,7 @@ pub struct JobStore {
     conn: ConnectionManager,
     keys: KeyLayout,
     script: Script,
+    claim: Script,
     retention_seconds: u64,
     tombstone_seconds: u64,
     worker_id: String,
@@ -70,6 +82,7 @@ impl JobStore {
             conn: ConnectionManager::new_lazy_with_config(client, config)?,
             keys: KeyLayout::new(redis.key_prefix.clone()),
             script: Script::new(TRANSITION),
+            claim: Script::new(CLAIM_LAPSED),
             retention_seconds: jobs.retention_seconds,
             tombstone_seconds: jobs.retention_seconds + jobs.tombstone_seconds,
             worker_id,
@@ -124,5 +137,76 @@ impl JobStore {
         } else {
             Transition::Refused(outcome)
         })
+    }
+
+    /// Puts the job under a lease until `until_ms`, keeping its message for a re-publish.
+    pub async fn start_lease(
+        &self,
+        id: &JobId,
+        message: &[u8],
+        until_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        // Two keys in different hash slots: two commands, pipelined (not one script).
+        redis::pipe()
+            .hset(self.keys.job(id), field::MESSAGE, message)
+            .ignore()
+            .zadd(self.keys.leases(), id.to_string(), until_ms)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Extends a lease that this worker holds (only if it is still there).
+    pub async fn renew_lease(&self, id: &JobId, until_ms: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("ZADD")
+            .arg(self.keys.leases())
+            .arg("XX")
+            .arg(until_ms)
+            .arg(id.to_string())
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops the job's lease and its kept message.
+    pub async fn end_lease(&self, id: &JobId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .zrem(self.keys.leases(), id.to_string())
+            .ignore()
+            .hdel(self.keys.job(id), field::MESSAGE)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` lapsed leases, extending them to `until_ms`.
+    pub async fn claim_lapsed(
+        &self,
+        now_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = self
+            .claim
+            .key(self.keys.leases())
+            .arg(now_ms)
+            .arg(until_ms)
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        // Members are only ever written from parsed ids; anything else is dropped.
+        Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
+    }
+
+    /// The kept message of a leased job.
+    pub async fn kept_message(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.conn.clone();
+        Ok(conn.hget(self.keys.job(id), field::MESSAGE).await?)
     }
 }

@@ -1,15 +1,32 @@
-//! What happens to one delivery: decode it, find the job, mark it running, run its handler,
-//! store the outcome, and only then acknowledge the message. If the outcome cannot be stored,
-//! the message goes back to the queue (negative ack with requeue), never silently away.
+//! What happens to one delivery: decode it, find the job, mark it running, run its handler
+//! (bounded by the type's maximum run time), store the outcome, and only then acknowledge the
+//! message. The rules that keep every accepted job on its way to a terminal state:
+//!
+//! - the outcome is stored before the ack; if it cannot be stored, the message goes back to the
+//!   queue (negative ack with requeue), never silently away;
+//! - a transient failure is retried through a delay queue (published with a confirm before the
+//!   ack), up to the type's maximum attempts;
+//! - what cannot be handled at all (undecodable, unknown type, a panicking handler, a job that
+//!   keeps killing its workers) fails its job, if its id can be read, and goes to the
+//!   dead-letter queue;
+//! - a job that could hold its delivery past the broker's consumer timeout is acknowledged as
+//!   soon as it is recorded as running, and protected by a lease in Redis instead (see
+//!   `consumer.rs` for the reaper that re-publishes jobs whose lease lapsed).
 
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use lapin::Channel;
+use shared::configuration::{AmqpSettings, JobSettings, Limits};
+use shared::job_types;
 use shared::message::MESSAGE_VERSION;
+use shared::publish::publish_confirmed;
+use shared::topology;
 use shared::{JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument};
 use tracing::Instrument;
 
@@ -17,32 +34,54 @@ use crate::context::JobContext;
 use crate::job_store::{JobStore, StoreError, Transition};
 use crate::jobs::{JobFailure, Registry};
 
-/// How often, and how patiently, a terminal write is retried before the message is requeued.
-const STORE_ATTEMPTS: u32 = 6;
-const STORE_BACKOFF: Duration = Duration::from_millis(200);
+/// How long a terminal write is retried (with back-off) before the message is requeued.
+const STORE_PATIENCE: Duration = Duration::from_secs(60);
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const REQUEUE_DELAY: Duration = Duration::from_secs(1);
+/// Margin kept below the consumer timeout when deciding whether a job needs a lease.
+const CONSUMER_TIMEOUT_MARGIN: f64 = 0.5;
 
 #[derive(Clone)]
 pub struct Processor {
     pub store: JobStore,
     pub registry: Registry,
+    pub amqp: Arc<AmqpSettings>,
+    pub jobs: Arc<JobSettings>,
     pub progress_interval: Duration,
+    pub lease: Duration,
 }
 
-/// What to tell the broker about a delivery.
+/// What is left to tell the broker about a delivery.
 #[derive(Debug, PartialEq, Eq)]
 enum Settle {
     Ack,
     /// Put it back for another try (the outcome could not be stored).
     Requeue,
-    /// Drop it: it can never be handled.
-    Reject,
+    /// To the dead-letter queue: it can never be handled.
+    DeadLetter,
+    /// Already acknowledged (the job runs under a lease).
+    Done,
+}
+
+/// How one run ended.
+enum Outcome {
+    Succeeded(serde_json::Value),
+    Failed(JobFailure),
+    /// The handler panicked: the job fails and its message is dead-lettered.
+    Panicked(String),
+}
+
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 impl Processor {
-    pub async fn handle(&self, delivery: Delivery) {
-        let settle = self.process(&delivery.data).await;
+    /// Handles one delivery; `publisher` is a confirm-mode channel for retries and dead letters,
+    /// `received` when the delivery arrived (its consumer-timeout clock started about then).
+    pub async fn handle(&self, delivery: Delivery, publisher: Channel, received: Instant) {
+        let settle = self.process(&delivery, &publisher, received).await;
         let result = match settle {
+            Settle::Done => return,
             Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
             Settle::Requeue => {
                 // Not at once: what failed (Redis, most likely) needs a moment, and an
@@ -55,7 +94,8 @@ impl Processor {
                     })
                     .await
             }
-            Settle::Reject => delivery.reject(BasicRejectOptions { requeue: false }).await,
+            // The work queue dead-letters rejected messages into `<queue>.dead`.
+            Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
         };
         if let Err(e) = result {
             // The channel is gone: the broker redelivers the message, and a job that already
@@ -64,20 +104,28 @@ impl Processor {
         }
     }
 
-    async fn process(&self, data: &[u8]) -> Settle {
-        let message: JobMessage = match serde_json::from_slice(data) {
+    async fn process(&self, delivery: &Delivery, publisher: &Channel, received: Instant) -> Settle {
+        let message: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
-            Err(e) => return self.undecodable(data, &e.to_string()).await,
+            Err(e) => return self.undecodable(&delivery.data, &e.to_string()).await,
         };
         if message.v != MESSAGE_VERSION {
             let detail = format!("unsupported message version {}", message.v);
-            return self.undecodable(data, &detail).await;
+            return self.undecodable(&delivery.data, &detail).await;
         }
         let span = tracing::info_span!("job", job_id = %message.id, job_type = %message.job_type);
-        self.run_job(message).instrument(span).await
+        self.run_job(message, delivery, publisher, received)
+            .instrument(span)
+            .await
     }
 
-    async fn run_job(&self, message: JobMessage) -> Settle {
+    async fn run_job(
+        &self,
+        message: JobMessage,
+        delivery: &Delivery,
+        publisher: &Channel,
+        received: Instant,
+    ) -> Settle {
         let id = message.id;
         let doc = match self.store.load(&id).await {
             Ok(Some(doc)) => doc,
@@ -96,10 +144,37 @@ impl Processor {
             return Settle::Ack;
         }
 
+        let (spec, registered) = match job_types::spec(&message.job_type) {
+            Some(spec) => (Some(spec), self.registry.contains(spec.name)),
+            None => (None, false),
+        };
+        let Some(spec) = spec.filter(|_| registered) else {
+            let failure = JobFailure {
+                kind: JobErrorKind::Undeliverable,
+                message: format!("no handler for job type '{}'", message.job_type),
+                retryable: false,
+            };
+            return self.give_up(doc, failure).await;
+        };
+        let limits = self.jobs.limits_for(spec);
+        if doc.attempts >= limits.max_attempts {
+            // Every earlier start ended without an outcome: the job keeps killing its workers.
+            let failure = JobFailure {
+                kind: JobErrorKind::Crashed,
+                message: format!(
+                    "gave up after {} attempts: each one ended without an outcome (the worker stopped)",
+                    doc.attempts
+                ),
+                retryable: false,
+            };
+            return self.give_up(doc, failure).await;
+        }
+
         let mut running = doc;
         running.status = JobStatus::Running;
         running.attempts += 1;
         running.started_at = Some(Utc::now());
+        running.next_attempt_at = None;
         running.progress = Some(Progress {
             percent: 0.0,
             message: String::new(),
@@ -119,75 +194,232 @@ impl Processor {
                 return Settle::Requeue;
             }
         }
-        tracing::info!(attempt = running.attempts, "job started");
+
+        // Could this delivery stay unacknowledged past the broker's consumer timeout? Then
+        // take a lease and acknowledge now, or the broker would close the channel and hand the
+        // job to another worker while this one still runs it.
+        let budget = self.amqp.consumer_timeout_seconds as f64 * CONSUMER_TIMEOUT_MARGIN;
+        let leased = received.elapsed().as_secs_f64() + limits.max_run_seconds as f64 > budget;
+        if leased {
+            let until = now_ms() + self.lease.as_millis() as i64;
+            if let Err(e) = self.store.start_lease(&id, &delivery.data, until).await {
+                tracing::warn!(error = %e, "cannot take a lease; requeueing");
+                return Settle::Requeue;
+            }
+            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                // The broker will redeliver it; the lease stays until this run ends.
+                tracing::warn!(error = %e, "early ack failed");
+            }
+        }
+        tracing::info!(attempt = running.attempts, leased, "job started");
 
         let ctx = JobContext::new(running.clone(), self.store.clone(), self.progress_interval);
-        let outcome = match self
-            .registry
-            .run(&message.job_type, message.input, ctx.clone())
-        {
-            None => Err(JobFailure {
-                kind: JobErrorKind::Undeliverable,
-                message: format!(
-                    "this worker has no handler for job type '{}'",
-                    message.job_type
-                ),
-                retryable: false,
-            }),
-            // A panicking handler fails its job, not the worker.
-            Some(run) => match AssertUnwindSafe(run).catch_unwind().await {
-                Ok(outcome) => outcome,
-                Err(panic) => Err(JobFailure {
-                    kind: JobErrorKind::Crashed,
-                    message: format!("the handler panicked: {}", panic_message(&panic)),
-                    retryable: false,
-                }),
-            },
-        };
+        let outcome = self
+            .run_handler(spec.name, limits, message, ctx.clone(), leased)
+            .await;
 
-        let mut finished = running;
-        finished.finished_at = Some(Utc::now());
-        finished.progress = ctx.latest_progress().or(finished.progress);
-        let result = match outcome {
-            Ok(value) => {
-                finished.status = JobStatus::Succeeded;
-                if let Some(p) = finished.progress.as_mut() {
-                    p.percent = 100.0;
-                }
-                match serde_json::to_vec(&value) {
-                    Ok(bytes) => Some(bytes),
-                    Err(e) => {
-                        finished.status = JobStatus::Failed;
-                        finished.error = Some(JobFailure::permanent(e.to_string()).to_error());
-                        None
+        let settle = self
+            .finish(
+                running,
+                &ctx,
+                limits,
+                outcome,
+                &delivery.data,
+                publisher,
+                leased,
+            )
+            .await;
+        if leased {
+            if settle == Settle::Requeue {
+                // The lease stays and lapses: the reaper puts the job back on the queue.
+                return Settle::Done;
+            }
+            if let Err(e) = self.store.end_lease(&id).await {
+                tracing::warn!(error = %e, "cannot drop the lease (the reaper will)");
+            }
+            if settle == Settle::DeadLetter {
+                self.publish_dead_letter(&id, &delivery.data, publisher)
+                    .await;
+            }
+            return Settle::Done;
+        }
+        settle
+    }
+
+    /// Runs the handler, bounded by the type's maximum run time, renewing the lease meanwhile.
+    async fn run_handler(
+        &self,
+        job_type: &str,
+        limits: Limits,
+        message: JobMessage,
+        ctx: JobContext,
+        leased: bool,
+    ) -> Outcome {
+        let Some(run) = self.registry.run(job_type, message.input, ctx) else {
+            return Outcome::Failed(JobFailure::permanent("no handler"));
+        };
+        let limit = Duration::from_secs(limits.max_run_seconds);
+        let work = tokio::time::timeout(limit, AssertUnwindSafe(run).catch_unwind());
+        tokio::pin!(work);
+        let renew_every = self.lease / 3;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                _ = tokio::time::sleep(renew_every), if leased => {
+                    let until = now_ms() + self.lease.as_millis() as i64;
+                    if let Err(e) = self.store.renew_lease(&message.id, until).await {
+                        tracing::warn!(error = %e, "cannot renew the lease");
                     }
                 }
             }
-            Err(failure) => {
-                finished.status = JobStatus::Failed;
-                finished.error = Some(failure.to_error());
-                None
+        };
+        match result {
+            Err(_) => Outcome::Failed(JobFailure {
+                kind: JobErrorKind::Timeout,
+                message: format!(
+                    "the job ran longer than its limit of {} s",
+                    limits.max_run_seconds
+                ),
+                retryable: false,
+            }),
+            Ok(Err(panic)) => Outcome::Panicked(panic_message(&panic)),
+            Ok(Ok(Ok(value))) => Outcome::Succeeded(value),
+            Ok(Ok(Err(failure))) => Outcome::Failed(failure),
+        }
+    }
+
+    /// Records how the run ended and says what to do with the delivery.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        running: StatusDocument,
+        ctx: &JobContext,
+        limits: Limits,
+        outcome: Outcome,
+        raw: &[u8],
+        publisher: &Channel,
+        leased: bool,
+    ) -> Settle {
+        let mut doc = running;
+        doc.progress = ctx.latest_progress().or(doc.progress);
+        let now = Utc::now();
+        let (result, settle) = match outcome {
+            Outcome::Succeeded(value) => match serde_json::to_vec(&value) {
+                Ok(bytes) => {
+                    doc.status = JobStatus::Succeeded;
+                    doc.error = None;
+                    if let Some(p) = doc.progress.as_mut() {
+                        p.percent = 100.0;
+                    }
+                    (Some(bytes), Settle::Ack)
+                }
+                Err(e) => {
+                    doc.status = JobStatus::Failed;
+                    doc.error = Some(JobFailure::permanent(e.to_string()).to_error());
+                    (None, Settle::Ack)
+                }
+            },
+            Outcome::Failed(failure) if failure.retryable && doc.attempts < limits.max_attempts => {
+                return self
+                    .schedule_retry(doc, failure, raw, publisher, leased)
+                    .await;
+            }
+            Outcome::Failed(mut failure) => {
+                if failure.retryable {
+                    failure.kind = JobErrorKind::RetriesExhausted;
+                    failure.message = format!(
+                        "failed {} times; last error: {}",
+                        doc.attempts, failure.message
+                    );
+                    failure.retryable = false;
+                }
+                doc.status = JobStatus::Failed;
+                doc.error = Some(failure.to_error());
+                (None, Settle::Ack)
+            }
+            Outcome::Panicked(message) => {
+                tracing::error!(%message, "handler panicked");
+                doc.status = JobStatus::Failed;
+                doc.error = Some(JobError::new(
+                    JobErrorKind::Crashed,
+                    format!("the handler panicked: {message}"),
+                    false,
+                ));
+                (None, Settle::DeadLetter)
             }
         };
-        match self.store_outcome(&finished, result.as_deref()).await {
+        doc.finished_at = Some(now);
+        match self.store_outcome(&doc, result.as_deref()).await {
             Ok(()) => {
-                tracing::info!(status = %finished.status, "job finished");
-                Settle::Ack
+                tracing::info!(status = %doc.status, attempts = doc.attempts, "job finished");
+                settle
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot store the outcome; requeueing the job");
+                tracing::error!(error = %e, "cannot store the outcome; the job will run again");
                 Settle::Requeue
             }
         }
     }
 
-    /// Writes the terminal state, retrying a passing Redis failure a few times.
+    /// Records the failed attempt (the job is queued again, with its error and when the next
+    /// attempt is due) and publishes the message to the delay queue of that step.
+    async fn schedule_retry(
+        &self,
+        mut doc: StatusDocument,
+        failure: JobFailure,
+        raw: &[u8],
+        publisher: &Channel,
+        leased: bool,
+    ) -> Settle {
+        let step = topology::retry_step(&self.amqp, doc.attempts + 1);
+        // Jitter: wait between 75% and 100% of the step, so retries of jobs that failed
+        // together spread out. Messages in one delay queue then differ by at most a quarter
+        // of the step, which bounds how long one can wait behind another at the queue's head.
+        let jitter = 0.75 + 0.25 * rand_fraction();
+        let delay_ms = ((step as f64) * jitter).max(1.0) as u64;
+        doc.status = JobStatus::Queued;
+        doc.error = Some(failure.to_error());
+        doc.next_attempt_at = Some(Utc::now() + chrono::Duration::milliseconds(delay_ms as i64));
+        match self
+            .store
+            .transition(&doc, &[JobStatus::Running], None)
+            .await
+        {
+            Ok(Transition::Done) => {}
+            Ok(Transition::Refused(state)) => {
+                tracing::info!(%state, "job changed state while running; no retry");
+                return Settle::Ack;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the failed attempt; requeueing");
+                return Settle::Requeue;
+            }
+        }
+        let queue = topology::retry_queue(&self.amqp.queue, step);
+        let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
+        let id = doc.id.to_string();
+        match publish_confirmed(publisher, &queue, &id, raw, Some(delay_ms), timeout).await {
+            Ok(()) => {
+                tracing::info!(attempt = doc.attempts, delay_ms, error = %failure, "attempt failed; retry scheduled");
+                Settle::Ack
+            }
+            Err(e) => {
+                // Without the delayed copy, the original must stay: retry it now instead.
+                // (A leased job's lease then lapses and the reaper re-publishes it.)
+                tracing::warn!(error = %e, leased, "cannot schedule the retry; requeueing now");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Writes the terminal state, retrying while Redis is unavailable (up to a bound).
     async fn store_outcome(
         &self,
         doc: &StatusDocument,
         result: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let mut attempt = 0;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
         loop {
             match self
                 .store
@@ -200,41 +432,71 @@ impl Processor {
                     tracing::info!(%state, "job changed state while running; outcome discarded");
                     return Ok(());
                 }
-                Err(e) if attempt + 1 >= STORE_ATTEMPTS => return Err(e),
+                Err(e) if started.elapsed() >= STORE_PATIENCE => return Err(e),
                 Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "storing the outcome failed; retrying");
-                    tokio::time::sleep(STORE_BACKOFF * 2u32.pow(attempt - 1)).await;
+                    tracing::warn!(error = %e, "storing the outcome failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
                 }
             }
         }
     }
 
+    /// Fails a job that cannot be run here at all, and dead-letters its message.
+    async fn give_up(&self, mut doc: StatusDocument, failure: JobFailure) -> Settle {
+        tracing::error!(error = %failure, "job cannot be run; dead-lettering it");
+        doc.status = JobStatus::Failed;
+        doc.finished_at = Some(Utc::now());
+        doc.error = Some(failure.to_error());
+        let from = [JobStatus::Queued, JobStatus::Running];
+        match self.store.transition(&doc, &from, None).await {
+            Ok(_) => Settle::DeadLetter,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mark the job failed; requeueing");
+                Settle::Requeue
+            }
+        }
+    }
+
     /// A message that is not a job message. If an id can be read from it, that job fails with
-    /// a clear error; the message itself is dropped.
+    /// a clear error; the message goes to the dead-letter queue.
     async fn undecodable(&self, data: &[u8], detail: &str) -> Settle {
-        tracing::error!(%detail, "undecodable message; dropping it");
+        tracing::error!(%detail, "undecodable message; dead-lettering it");
         let id = serde_json::from_slice::<serde_json::Value>(data)
             .ok()
             .and_then(|v| v.get("id")?.as_str()?.parse::<JobId>().ok());
         if let Some(id) = id {
-            if let Ok(Some(mut doc)) = self.store.load(&id).await {
-                doc.status = JobStatus::Failed;
-                doc.finished_at = Some(Utc::now());
-                doc.error = Some(JobError::new(
-                    JobErrorKind::Undeliverable,
-                    format!("the job's message could not be read: {detail}"),
-                    false,
-                ));
-                let from = [JobStatus::Queued, JobStatus::Running];
-                if let Err(e) = self.store.transition(&doc, &from, None).await {
-                    tracing::warn!(job_id = %id, error = %e, "cannot mark the job failed");
-                    return Settle::Requeue;
+            if let Ok(Some(doc)) = self.store.load(&id).await {
+                if !doc.status.is_terminal() {
+                    let failure = JobFailure {
+                        kind: JobErrorKind::Undeliverable,
+                        message: format!("the job's message could not be read: {detail}"),
+                        retryable: false,
+                    };
+                    return self.give_up(doc, failure).await;
                 }
             }
         }
-        Settle::Reject
+        Settle::DeadLetter
     }
+
+    /// Dead-letters a message that was already acknowledged (a leased job): a copy goes to
+    /// the dead-letter queue directly.
+    async fn publish_dead_letter(&self, id: &JobId, raw: &[u8], publisher: &Channel) {
+        let queue = topology::dead_letter_queue(&self.amqp.queue);
+        let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
+        if let Err(e) =
+            publish_confirmed(publisher, &queue, &id.to_string(), raw, None, timeout).await
+        {
+            tracing::warn!(error = %e, "cannot dead-letter the message (the job is failed)");
+        }
+    }
+}
+
+/// A number in [0, 1) that differs between calls (jitter needs no cryptographic quality).
+fn rand_fraction() -> f64 {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64;
+    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -1,5 +1,6 @@
 //! Builds a worker from its settings and runs it until a shutdown signal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shared::Settings;
@@ -42,7 +43,10 @@ pub async fn run(
     let processor = Processor {
         store,
         registry,
+        amqp: Arc::new(settings.amqp.clone()),
+        jobs: Arc::new(settings.jobs.clone()),
         progress_interval: Duration::from_millis(settings.worker.progress_interval_ms),
+        lease: Duration::from_secs(settings.worker.lease_seconds),
     };
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {

@@ -44,6 +44,16 @@ impl JobFailure {
         }
     }
 
+    /// A passing failure (a dependency down, a rate limit): the job is retried with back-off,
+    /// up to its type's maximum attempts.
+    pub fn transient(message: impl Into<String>) -> Self {
+        JobFailure {
+            kind: JobErrorKind::HandlerFailed,
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
     /// The input breaks a rule only the handler could check (the client's fault: 422).
     pub fn input_rejected(message: impl Into<String>) -> Self {
         JobFailure {

@@ -1,0 +1,69 @@
+//! Publishing a job message the one way both sides do it: persistent, mandatory, on a channel in
+//! confirm mode, and counted as done only on a broker `ack` that came without the message being
+//! returned as unroutable.
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::message::CONTENT_TYPE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker connection failed: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker did not confirm the publish in time")]
+    ConfirmTimeout,
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the message was returned unroutable: {0}")]
+    Returned(String),
+    #[error("the channel is not in confirm mode")]
+    ConfirmsOff,
+}
+
+/// Publishes `payload` to the default exchange with `routing_key` (a queue name) and waits for
+/// the confirm. `expiration_ms` sets a per-message TTL (for delay queues).
+pub async fn publish_confirmed(
+    channel: &Channel,
+    routing_key: &str,
+    message_id: &str,
+    payload: &[u8],
+    expiration_ms: Option<u64>,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2) // persistent
+        .with_content_type(ShortString::from(CONTENT_TYPE))
+        .with_message_id(ShortString::from(message_id));
+    if let Some(ms) = expiration_ms {
+        properties = properties.with_expiration(ShortString::from(ms.to_string()));
+    }
+    let publish = async {
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(routing_key),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                payload,
+                properties,
+            )
+            .await?;
+        confirm.await
+    };
+    match tokio::time::timeout(timeout, publish).await {
+        Err(_) => Err(PublishError::ConfirmTimeout),
+        Ok(Err(e)) => Err(e.into()),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(returned)))) => {
+            Err(PublishError::Returned(returned.reply_text.to_string()))
+        }
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::ConfirmsOff),
+    }
+}
