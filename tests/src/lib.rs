@@ -187,6 +187,130 @@ impl Stack {
         self.workers.push(child);
     }
 
+    /// Kills worker `i` (0-based) with SIGKILL: no chance to finish or requeue anything.
+    pub fn kill_worker(&mut self, i: usize) {
+        let worker = &mut self.workers[i];
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+
+    /// Sends SIGTERM to worker `i` and waits (up to `timeout`) for it to exit; returns whether
+    /// it exited successfully.
+    pub async fn terminate_worker(&mut self, i: usize, timeout: Duration) -> bool {
+        let pid = self.workers[i].id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.workers[i].try_wait().expect("try_wait") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {i} did not exit within {timeout:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether worker `i` is still running.
+    pub fn worker_alive(&mut self, i: usize) -> bool {
+        matches!(self.workers[i].try_wait(), Ok(None))
+    }
+
+    /// The dead-letter queue of this stack's work queue.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.queue)
+    }
+
+    /// Publishes raw bytes to a queue of this stack (as a broken producer would).
+    pub async fn publish_raw(&self, queue: &str, payload: &[u8]) {
+        let connection = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("amqp connection");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        let confirm = channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                lapin::options::BasicPublishOptions::default(),
+                payload,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "raw publish not confirmed");
+        let _ = connection.close(200, ShortString::from("bye")).await;
+    }
+
+    /// Messages ready in `queue` (0 if it does not exist).
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        queue_info(&self.amqp_url(), queue)
+            .await
+            .map(|(m, _)| m)
+            .unwrap_or(0)
+    }
+
+    /// Waits (up to 30 s) until `queue` holds `n` messages.
+    pub async fn wait_queue_len(&self, queue: &str, n: u32) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let len = self.queue_len(queue).await;
+            if len == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{queue} holds {len} messages, expected {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The broker URL this stack uses.
+    pub fn amqp_url(&self) -> String {
+        self.setting("APP__AMQP__URL")
+            .unwrap_or_else(|| AMQP_URL.to_owned())
+    }
+
+    fn setting(&self, key: &str) -> Option<String> {
+        self.options
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Every queue this stack's topology declares: work, dead-letter and delay queues.
+    fn queues(&self) -> Vec<String> {
+        let base: u64 = self
+            .setting("APP__AMQP__RETRY_BASE_DELAY_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let max: u64 = self
+            .setting("APP__AMQP__RETRY_MAX_DELAY_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60_000);
+        let mut queues = vec![self.queue.clone(), self.dead_letter_queue()];
+        let mut delay = base.max(1);
+        while delay < max {
+            queues.push(format!("{}.retry.{delay}", self.queue));
+            delay *= 2;
+        }
+        queues.push(format!("{}.retry.{max}", self.queue));
+        queues
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -286,7 +410,10 @@ impl Stack {
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(REDIS_URL)
+        let url = self
+            .setting("APP__REDIS__URL")
+            .unwrap_or_else(|| REDIS_URL.to_owned());
+        redis::Client::open(url)
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
@@ -329,29 +456,12 @@ impl Stack {
 
     /// (messages ready, consumers) of this stack's queue, or `None` if it does not exist.
     pub async fn queue_info(&self) -> Option<(u32, u32)> {
-        let connection = Connection::connect(AMQP_URL, ConnectionProperties::default())
-            .await
-            .expect("amqp connection");
-        let channel = connection.create_channel().await.expect("channel");
-        let info = channel
-            .queue_declare(
-                ShortString::from(self.queue.as_str()),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()
-            .map(|q| (q.message_count(), q.consumer_count()));
-        let _ = connection.close(200, ShortString::from("bye")).await;
-        info
+        queue_info(&self.amqp_url(), &self.queue).await
     }
 
     /// Deletes this stack's queue (to make publishes unroutable).
     pub async fn delete_queue(&self) {
-        delete_queue(&self.queue).await;
+        delete_queues(&self.amqp_url(), std::slice::from_ref(&self.queue)).await;
     }
 
     /// Waits until the queue has `n` consumers.
@@ -376,19 +486,48 @@ pub fn job_id(location: &str) -> &str {
     location.rsplit('/').next().unwrap_or_default()
 }
 
-async fn delete_queue(queue: &str) {
-    if let Ok(connection) = Connection::connect(AMQP_URL, ConnectionProperties::default()).await {
-        if let Ok(channel) = connection.create_channel().await {
-            let _ = channel
-                .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
-                .await;
+/// (messages ready, consumers) of `queue`, or `None` if it does not exist.
+pub async fn queue_info(url: &str, queue: &str) -> Option<(u32, u32)> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let channel = connection.create_channel().await.ok()?;
+    let info = channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|q| (q.message_count(), q.consumer_count()));
+    let _ = connection.close(200, ShortString::from("bye")).await;
+    info
+}
+
+async fn delete_queues(url: &str, queues: &[String]) {
+    if let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await {
+        for queue in queues {
+            // A channel per delete: deleting a queue that is missing does not close it, but
+            // any other error would.
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .queue_delete(
+                        ShortString::from(queue.as_str()),
+                        QueueDeleteOptions::default(),
+                    )
+                    .await;
+            }
         }
         let _ = connection.close(200, ShortString::from("bye")).await;
     }
 }
 
-async fn delete_keys(prefix: &str) {
-    let Ok(client) = redis::Client::open(REDIS_URL) else {
+async fn delete_keys(redis_url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(redis_url) else {
         return;
     };
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
@@ -427,7 +566,11 @@ impl Drop for Stack {
             let _ = child.wait();
         }
         // Clean up on a thread of its own: Drop may run inside a runtime, or while panicking.
-        let queue = self.queue.clone();
+        let queues = self.queues();
+        let url = self.amqp_url();
+        let redis_url = self
+            .setting("APP__REDIS__URL")
+            .unwrap_or_else(|| REDIS_URL.to_owned());
         let prefix = self.prefix.clone();
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -435,8 +578,12 @@ impl Drop for Stack {
                 .build()
             {
                 rt.block_on(async {
-                    delete_queue(&queue).await;
-                    delete_keys(&prefix).await;
+                    let cleanup = async {
+                        delete_queues(&url, &queues).await;
+                        delete_keys(&redis_url, &prefix).await;
+                    };
+                    // A broker or Redis the test stopped must not hang the cleanup.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
                 });
             }
         })

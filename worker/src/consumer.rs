@@ -158,6 +158,10 @@ impl Consumer {
                     "grace period over; unfinished jobs go back to the queue"
                 );
                 running.abort_all();
+                while running.join_next().await.is_some() {}
+                // Unacknowledged deliveries return when the channel closes; leased jobs were
+                // acknowledged already, so they are published again.
+                self.processor.requeue_leased(&publisher).await;
             }
         } else {
             // The connection is gone: running jobs cannot ack any more. Let them finish

@@ -13,8 +13,9 @@
 //!   soon as it is recorded as running, and protected by a lease in Redis instead (see
 //!   `consumer.rs` for the reaper that re-publishes jobs whose lease lapsed).
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -49,6 +50,9 @@ pub struct Processor {
     pub jobs: Arc<JobSettings>,
     pub progress_interval: Duration,
     pub lease: Duration,
+    /// Messages of the leased jobs running now (already acknowledged), so that a shutdown
+    /// that cannot wait for them can put them back on the queue at once.
+    pub leased: Arc<Mutex<HashMap<JobId, Vec<u8>>>>,
 }
 
 /// What is left to tell the broker about a delivery.
@@ -206,6 +210,9 @@ impl Processor {
                 tracing::warn!(error = %e, "cannot take a lease; requeueing");
                 return Settle::Requeue;
             }
+            if let Ok(mut leased) = self.leased.lock() {
+                leased.insert(id, delivery.data.clone());
+            }
             if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                 // The broker will redeliver it; the lease stays until this run ends.
                 tracing::warn!(error = %e, "early ack failed");
@@ -230,6 +237,9 @@ impl Processor {
             )
             .await;
         if leased {
+            if let Ok(mut leased) = self.leased.lock() {
+                leased.remove(&id);
+            }
             if settle == Settle::Requeue {
                 // The lease stays and lapses: the reaper puts the job back on the queue.
                 return Settle::Done;
@@ -489,6 +499,33 @@ impl Processor {
             publish_confirmed(publisher, &queue, &id.to_string(), raw, None, timeout).await
         {
             tracing::warn!(error = %e, "cannot dead-letter the message (the job is failed)");
+        }
+    }
+}
+
+impl Processor {
+    /// Puts the leased jobs still running back on the queue (at shutdown, once their tasks
+    /// were stopped), so they need not wait for their lease to lapse.
+    pub async fn requeue_leased(&self, publisher: &Channel) {
+        let jobs: Vec<(JobId, Vec<u8>)> = match self.leased.lock() {
+            Ok(mut leased) => leased.drain().collect(),
+            Err(_) => return,
+        };
+        let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
+        for (id, message) in jobs {
+            let key = id.to_string();
+            match publish_confirmed(publisher, &self.amqp.queue, &key, &message, None, timeout)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(job_id = %id, "unfinished leased job put back on the queue");
+                    if let Err(e) = self.store.end_lease(&id).await {
+                        tracing::warn!(job_id = %id, error = %e, "cannot drop the lease");
+                    }
+                }
+                // The lease stays and lapses: another worker's reaper puts it back.
+                Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot put a leased job back"),
+            }
         }
     }
 }

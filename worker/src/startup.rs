@@ -47,6 +47,7 @@ pub async fn run(
         jobs: Arc::new(settings.jobs.clone()),
         progress_interval: Duration::from_millis(settings.worker.progress_interval_ms),
         lease: Duration::from_secs(settings.worker.lease_seconds),
+        leased: Default::default(),
     };
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {

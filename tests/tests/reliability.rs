@@ -1,0 +1,279 @@
+//! Nothing lost: retries with back-off, dead letters, run-time limits, leases and graceful
+//! shutdown, against the shared RabbitMQ and Redis (each test with its own queues and keys).
+
+use std::time::{Duration, Instant};
+
+use e2e::{job_id, Stack, StackOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Short retry steps so tests wait a fraction of a second per retry.
+fn fast_retries() -> StackOptions {
+    StackOptions::default()
+        .env("APP__AMQP__RETRY_BASE_DELAY_MS", 200)
+        .env("APP__AMQP__RETRY_MAX_DELAY_MS", 800)
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_backoff_until_it_succeeds() {
+    let stack = Stack::start_with("retry-ok", fast_retries()).await;
+    let location = stack
+        .submit_ok(&json!({"type": "fail", "input": {"message": "db busy", "kind": "transient", "until_attempt": 3}}))
+        .await;
+    // While it waits for a retry, the status shows the attempts made and the last error.
+    let mut saw_waiting = false;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let doc = stack.status_doc(&location).await;
+        if doc["status"] == "succeeded" {
+            break;
+        }
+        if doc["status"] == "queued" && doc["attempts"].as_u64() >= Some(1) {
+            assert_eq!(doc["error"]["detail"], "db busy");
+            assert_eq!(doc["error"]["retryable"], true);
+            assert!(doc["next_attempt_at"].is_string(), "{doc}");
+            saw_waiting = true;
+        }
+        assert!(Instant::now() < deadline, "never succeeded: {doc}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_waiting, "never saw the job waiting for its retry");
+    let result: Value = stack.wait(&location, LONG).await.json().await.unwrap();
+    assert_eq!(result, json!({"succeeded_on_attempt": 3}));
+    let doc = stack.status_doc(&location).await;
+    assert_eq!(doc["attempts"], 3);
+    assert!(
+        doc.get("error").is_none(),
+        "a succeeded job shows no error: {doc}"
+    );
+}
+
+#[tokio::test]
+async fn retries_are_bounded_and_the_job_then_fails() {
+    let stack = Stack::start_with("retry-exhausted", fast_retries()).await;
+    let location = stack
+        .submit_ok(
+            &json!({"type": "fail", "input": {"message": "still down", "kind": "transient"}}),
+        )
+        .await;
+    let response = stack.wait(&location, LONG).await;
+    assert_eq!(response.status(), StatusCode::FAILED_DEPENDENCY);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(
+        problem["job"]["attempts"], 3,
+        "the fail type allows 3 attempts"
+    );
+    assert_eq!(problem["job"]["error"]["kind"], "retries-exhausted");
+    assert!(problem["detail"].as_str().unwrap().contains("still down"));
+    assert_eq!(stack.queue_len(&stack.dead_letter_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_not_retried() {
+    let stack = Stack::start_with("no-retry", fast_retries()).await;
+    let location = stack
+        .submit_ok(&json!({"type": "fail", "input": {"message": "bad data"}}))
+        .await;
+    let problem: Value = stack.wait(&location, LONG).await.json().await.unwrap();
+    assert_eq!(problem["job"]["attempts"], 1);
+    assert_eq!(problem["job"]["error"]["kind"], "handler-failed");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_its_job_is_dead_lettered_and_the_worker_lives_on() {
+    let mut stack = Stack::start_with(
+        "panic",
+        StackOptions::default().env("APP__WORKER__CONCURRENCY", 1),
+    )
+    .await;
+    let location = stack
+        .submit_ok(
+            &json!({"type": "fail", "input": {"message": "index out of bounds", "kind": "panic"}}),
+        )
+        .await;
+    let response = stack.wait(&location, LONG).await;
+    assert_eq!(response.status(), StatusCode::FAILED_DEPENDENCY);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["job"]["error"]["kind"], "crashed");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("index out of bounds"));
+    stack.wait_queue_len(&stack.dead_letter_queue(), 1).await;
+    // The worker is alive and still takes jobs.
+    assert!(stack.worker_alive(0));
+    let next = stack
+        .submit_ok(&json!({"type": "echo", "input": "still here"}))
+        .await;
+    assert_eq!(
+        stack.wait(&next, LONG).await.json::<Value>().await.unwrap(),
+        "still here"
+    );
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_and_their_jobs_fail() {
+    // No worker at first: the job's message waits in the queue while we add poison next to it.
+    let mut stack = Stack::start_with("poison", StackOptions::default().workers(0)).await;
+    let location = stack.submit_ok(&json!({"type": "echo", "input": 1})).await;
+    let id = job_id(&location).to_owned();
+    // Garbage, and a message for the job in a format from the future.
+    stack
+        .publish_raw(&stack.queue.clone(), b"\x00\xffnot json at all")
+        .await;
+    stack
+        .publish_raw(
+            &stack.queue.clone(),
+            json!({"v": 99, "id": id, "what": "?"})
+                .to_string()
+                .as_bytes(),
+        )
+        .await;
+    stack.add_worker();
+    stack.wait_queue_len(&stack.dead_letter_queue(), 2).await;
+    // The job whose id could be read from the poison message failed with a clear error
+    // (its real message, delivered first or after, finds it terminal or fails it first).
+    let doc = stack.status_doc(&location).await;
+    assert!(
+        doc["status"] == "failed" || doc["status"] == "succeeded",
+        "{doc}"
+    );
+    if doc["status"] == "failed" {
+        assert_eq!(doc["error"]["kind"], "undeliverable");
+        assert!(
+            doc["error"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("could not be read"),
+            "{doc}"
+        );
+    }
+    assert!(stack.worker_alive(0));
+    let next = stack.submit_ok(&json!({"type": "echo", "input": 2})).await;
+    assert_eq!(stack.wait(&next, LONG).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_job_past_its_run_time_limit_fails_with_a_timeout_and_frees_the_slot() {
+    let stack = Stack::start_with(
+        "timeout",
+        StackOptions::default()
+            .env("APP__WORKER__CONCURRENCY", 1)
+            .env("APP__JOBS__LIMITS__SLEEP__MAX_RUN_SECONDS", 1),
+    )
+    .await;
+    let location = stack
+        .submit_ok(&json!({"type": "sleep", "input": {"seconds": 30}}))
+        .await;
+    let response = stack.wait(&location, LONG).await;
+    assert_eq!(response.status(), StatusCode::FAILED_DEPENDENCY);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["job"]["error"]["kind"], "timeout");
+    // The only slot is free again.
+    let next = stack
+        .submit_ok(&json!({"type": "echo", "input": "next"}))
+        .await;
+    assert_eq!(stack.wait(&next, LONG).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sigterm_lets_running_jobs_finish_and_requeues_what_cannot() {
+    // Grace long enough for short jobs: they finish, the worker exits cleanly.
+    let mut stack = Stack::start_with(
+        "sigterm",
+        StackOptions::default()
+            .env("APP__WORKER__CONCURRENCY", 4)
+            .env("APP__WORKER__SHUTDOWN_GRACE_SECONDS", 10),
+    )
+    .await;
+    let mut locations = Vec::new();
+    for _ in 0..3 {
+        locations.push(
+            stack
+                .submit_ok(&json!({"type": "sleep", "input": {"seconds": 1.5}}))
+                .await,
+        );
+    }
+    for l in &locations {
+        while stack.status_doc(l).await["status"] != "running" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        stack.terminate_worker(0, Duration::from_secs(20)).await,
+        "clean exit"
+    );
+    for l in &locations {
+        let doc = stack.status_doc(l).await;
+        assert_eq!(doc["status"], "succeeded", "{doc}");
+        assert_eq!(doc["attempts"], 1);
+    }
+
+    // Grace shorter than the job: it goes back to the queue, not failed, and the next
+    // worker finishes it.
+    let mut stack = Stack::start_with(
+        "sigterm-short",
+        StackOptions::default().env("APP__WORKER__SHUTDOWN_GRACE_SECONDS", 1),
+    )
+    .await;
+    let location = stack
+        .submit_ok(&json!({"type": "sleep", "input": {"seconds": 3}}))
+        .await;
+    while stack.status_doc(&location).await["status"] != "running" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stack.terminate_worker(0, Duration::from_secs(20)).await);
+    let doc = stack.status_doc(&location).await;
+    assert_eq!(
+        doc["status"], "running",
+        "not failed by the shutdown: {doc}"
+    );
+    stack.wait_queue_len(&stack.queue.clone(), 1).await;
+    stack.add_worker();
+    let done = stack.wait(&location, LONG).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(stack.status_doc(&location).await["attempts"], 2);
+}
+
+#[tokio::test]
+async fn a_leased_job_whose_worker_dies_is_put_back_and_run_again() {
+    // A consumer timeout this short makes every job run under a lease (acked early).
+    let leased = StackOptions::default()
+        .env("APP__AMQP__CONSUMER_TIMEOUT_SECONDS", 2)
+        .env("APP__WORKER__LEASE_SECONDS", 3);
+    let mut stack = Stack::start_with("lease", leased).await;
+
+    // A leased job runs once and leaves no lease behind.
+    let quick = stack
+        .submit_ok(&json!({"type": "sleep", "input": {"seconds": 0.2}}))
+        .await;
+    assert_eq!(stack.wait(&quick, LONG).await.status(), StatusCode::OK);
+    assert_eq!(stack.status_doc(&quick).await["attempts"], 1);
+
+    let location = stack
+        .submit_ok(&json!({"type": "sleep", "input": {"seconds": 2}}))
+        .await;
+    while stack.status_doc(&location).await["status"] != "running" {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Acked early: nothing waits in the queue for a redelivery.
+    stack.wait_queue_len(&stack.queue.clone(), 0).await;
+    stack.kill_worker(0);
+    stack.add_worker();
+    let done = stack.wait(&location, LONG).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    let doc = stack.status_doc(&location).await;
+    assert_eq!(
+        doc["attempts"], 2,
+        "run again after the lease lapsed: {doc}"
+    );
+    let mut conn = stack.redis().await;
+    let leases: u64 = redis::cmd("ZCARD")
+        .arg(format!("{}:leases", stack.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(leases, 0, "no lease left behind");
+}
