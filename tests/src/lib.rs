@@ -180,6 +180,23 @@ impl Stack {
         cmd.spawn().expect("spawn binary")
     }
 
+    /// Runs `worker <args>` (a tool command) with this stack's settings; returns whether it
+    /// succeeded and what it printed on stdout.
+    pub fn worker_command(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = Command::new(bin_dir().join("worker"));
+        cmd.args(args)
+            .env("APP__AMQP__QUEUE", &self.queue)
+            .env("APP__REDIS__KEY_PREFIX", &self.prefix);
+        for (k, v) in &self.options.env {
+            cmd.env(k, v);
+        }
+        let output = cmd.output().expect("run worker command");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
     /// Starts one more worker on the same queue.
     pub fn add_worker(&mut self) {
         let label = format!("worker{}", self.workers.len() + 1);

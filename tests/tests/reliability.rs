@@ -277,3 +277,39 @@ async fn a_leased_job_whose_worker_dies_is_put_back_and_run_again() {
         .unwrap();
     assert_eq!(leases, 0, "no lease left behind");
 }
+
+#[tokio::test]
+async fn an_operator_lists_and_replays_dead_letters() {
+    let stack = Stack::start("replay").await;
+    // Panics on its first attempt only: dead-lettered, then fine when replayed.
+    let location = stack
+        .submit_ok(&json!({"type": "fail", "input": {"message": "boom", "kind": "panic", "until_attempt": 2}}))
+        .await;
+    assert_eq!(
+        stack.wait(&location, LONG).await.status(),
+        StatusCode::FAILED_DEPENDENCY
+    );
+    let dead = stack.dead_letter_queue();
+    stack.wait_queue_len(&dead, 1).await;
+
+    let (ok, out) = stack.worker_command(&["dead-letters", "list"]);
+    assert!(ok, "list failed: {out}");
+    let letters: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{out}");
+    assert_eq!(letters[0]["job_id"], job_id(&location));
+    assert_eq!(letters[0]["job_status"], "failed");
+    assert_eq!(letters[0]["reason"], "rejected");
+    // Listing removes nothing.
+    stack.wait_queue_len(&dead, 1).await;
+
+    let (ok, out) = stack.worker_command(&["dead-letters", "replay"]);
+    assert!(ok, "replay failed: {out}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["replayed"], json!([job_id(&location)]));
+    let result: Value = stack.wait(&location, LONG).await.json().await.unwrap();
+    assert_eq!(result, json!({"succeeded_on_attempt": 2}));
+    assert_eq!(stack.queue_len(&dead).await, 0);
+}

@@ -4,6 +4,7 @@
 
 pub mod consumer;
 pub mod context;
+pub mod dead_letters;
 pub mod job_store;
 pub mod jobs;
 pub mod process;

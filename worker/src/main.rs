@@ -1,18 +1,43 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use shared::Settings;
 use worker::startup;
-use worker::Registry;
+use worker::{dead_letters, Registry};
 
-/// Worker of the asynchronous request-reply service.
+/// Worker of the asynchronous request-reply service. Without a command it runs the worker.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
     /// A TOML file layered over the built-in defaults (environment variables still win).
-    #[arg(long, env = "APP_CONFIG_FILE")]
+    #[arg(long, env = "APP_CONFIG_FILE", global = true)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker (the default).
+    Run,
+    /// Inspect or replay the dead-letter queue (`<queue>.dead`).
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// Print up to LIMIT dead letters, one JSON object a line, without removing them.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move up to LIMIT dead letters back into the work queue; their jobs become queued again.
+    Replay {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[tokio::main]
@@ -25,15 +50,46 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    shared::telemetry::init(&settings.log);
-    // Register your own job types here (see README, "Adding a job type").
-    let registry = Registry::builtin();
-    let shutdown = startup::shutdown_signal();
-    match startup::run(settings, registry, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %e, "worker failed");
-            ExitCode::FAILURE
+    match args.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            // Only the worker logs; the tools print their result alone on stdout.
+            shared::telemetry::init(&settings.log);
+            // Register your own job types here (see README, "Adding a job type").
+            let registry = Registry::builtin();
+            let shutdown = startup::shutdown_signal();
+            match startup::run(settings, registry, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DeadLetters(DeadLetterCommand::List { limit }) => {
+            match dead_letters::list(&settings, limit).await {
+                Ok(letters) => {
+                    for letter in letters {
+                        println!("{}", serde_json::to_string(&letter).unwrap_or_default());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot list dead letters: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DeadLetters(DeadLetterCommand::Replay { limit }) => {
+            match dead_letters::replay(&settings, limit).await {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot replay dead letters: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

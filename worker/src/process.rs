@@ -161,7 +161,9 @@ impl Processor {
             return self.give_up(doc, failure).await;
         };
         let limits = self.jobs.limits_for(spec);
-        if doc.attempts >= limits.max_attempts {
+        // Found `running`: the last start ended without an outcome (its worker died). Only
+        // those count towards giving up here; failed attempts were counted when they failed.
+        if doc.status == JobStatus::Running && doc.attempts >= limits.max_attempts {
             // Every earlier start ended without an outcome: the job keeps killing its workers.
             let failure = JobFailure {
                 kind: JobErrorKind::Crashed,
