@@ -164,9 +164,11 @@ impl Consumer {
                 self.processor.requeue_leased(&publisher).await;
             }
         } else {
-            // The connection is gone: running jobs cannot ack any more. Let them finish
-            // storing their outcome (their messages are redelivered and then skipped).
-            while running.join_next().await.is_some() {}
+            // The connection is gone: running jobs cannot ack any more, but they still store
+            // their outcome (their messages are redelivered, and skipped once the job is
+            // terminal). Let them finish in the background rather than hold up reconnecting:
+            // a leased job may run for an hour.
+            tokio::spawn(async move { while running.join_next().await.is_some() {} });
         }
         // Closing returns every unacknowledged delivery to the queue.
         let _ = connection
