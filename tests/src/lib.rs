@@ -2,6 +2,8 @@
 //! against the local RabbitMQ and Redis with a queue name and key prefix of their own (so tests
 //! run in parallel), and removes what they left behind when the test ends, pass or fail.
 
+pub mod services;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
