@@ -18,6 +18,8 @@ pub mod field {
     /// The queue message of a job run under a lease (acknowledged early), so that it can be
     /// published again if its worker dies.
     pub const MESSAGE: &str = "msg";
+    /// How many times the job was started (an attempt that raced another counts too).
+    pub const STARTS: &str = "starts";
 }
 
 #[derive(Debug, Clone)]

@@ -237,9 +237,18 @@ impl PrivateRabbit {
     /// with other ports (up to 3 times) if the node dies while booting, e.g. because another
     /// process took a port in between.
     pub async fn start() -> PrivateRabbit {
+        Self::start_with_advanced_config(None).await
+    }
+
+    /// Like [`start`](Self::start), with an `advanced.config` (Erlang terms), e.g.
+    /// `[{rabbit, [{consumer_timeout, 3000}]}].`
+    pub async fn start_with_advanced_config(advanced: Option<&str>) -> PrivateRabbit {
         let mut failures = Vec::new();
         for _ in 0..3 {
             let mut rabbit = PrivateRabbit::prepare();
+            if let Some(terms) = advanced {
+                fs::write(rabbit.dir.join("advanced.config"), terms).expect("advanced.config");
+            }
             match rabbit.boot().await {
                 Ok(()) => return rabbit,
                 Err(e) => failures.push(e), // `rabbit` is dropped: stopped and removed

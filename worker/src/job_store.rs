@@ -19,7 +19,8 @@ pub enum StoreError {
 }
 
 /// KEYS: job hash, tombstone. ARGV: allowed current states (comma-separated), new state,
-/// document, ttl, worker id, has-result flag, result, tombstone ttl (0: none).
+/// document, ttl, worker id, has-result flag, result, tombstone ttl (0: none), count-a-start
+/// flag (increments the hash's `starts`: how often the job was started, whoever wrote last).
 /// Returns "ok", or the current state ("missing" when there is no job) when it did not write.
 const TRANSITION: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -33,6 +34,7 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'doc', ARGV[3], 'worker', ARGV[5])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[2], '1', 'EX', ARGV[8]) end
+if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'starts', 1) end
 return 'ok'
 "#;
 
@@ -106,6 +108,25 @@ impl JobStore {
         from: &[JobStatus],
         result: Option<&[u8]>,
     ) -> Result<Transition, StoreError> {
+        self.write(doc, from, result, false).await
+    }
+
+    /// Records a start of the job (`doc` is running) if the job is now in one of `from`.
+    pub async fn start(
+        &self,
+        doc: &StatusDocument,
+        from: &[JobStatus],
+    ) -> Result<Transition, StoreError> {
+        self.write(doc, from, None, true).await
+    }
+
+    async fn write(
+        &self,
+        doc: &StatusDocument,
+        from: &[JobStatus],
+        result: Option<&[u8]>,
+        count_start: bool,
+    ) -> Result<Transition, StoreError> {
         let doc_bytes = serde_json::to_vec(doc)?;
         let allowed = from
             .iter()
@@ -130,6 +151,7 @@ impl JobStore {
             .arg(if result.is_some() { "1" } else { "0" })
             .arg(result.unwrap_or_default())
             .arg(tombstone)
+            .arg(if count_start { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await?;
         Ok(if outcome == "ok" {

@@ -187,7 +187,7 @@ impl Processor {
         });
         match self
             .store
-            .transition(&running, &[JobStatus::Queued, JobStatus::Running], None)
+            .start(&running, &[JobStatus::Queued, JobStatus::Running])
             .await
         {
             Ok(Transition::Done) => {}
