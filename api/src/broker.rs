@@ -14,6 +14,8 @@ use shared::publish::{publish_confirmed, PublishError};
 use shared::topology;
 use tokio::sync::Mutex;
 
+use crate::io::{Io, IoStopped};
+
 /// After a failed connection attempt, requests fail fast for this long instead of each one
 /// trying (and waiting) again.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
@@ -26,6 +28,8 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Io(#[from] IoStopped),
     #[error("the broker is unreachable (retrying shortly)")]
     BackingOff,
 }
@@ -48,13 +52,15 @@ struct Slot {
 pub struct Broker {
     settings: Arc<AmqpSettings>,
     slot: Arc<Mutex<Slot>>,
+    io: Io,
 }
 
 impl Broker {
-    pub fn new(settings: AmqpSettings) -> Self {
+    pub fn new(settings: AmqpSettings, io: Io) -> Self {
         Broker {
             settings: Arc::new(settings),
             slot: Arc::new(Mutex::new(Slot::default())),
+            io,
         }
     }
 
@@ -113,8 +119,16 @@ impl Broker {
         })
     }
 
-    /// Publishes `payload` to the work queue and waits for the broker's confirm.
+    /// Publishes `payload` to the work queue and waits for the broker's confirm (on the I/O
+    /// runtime, where the connection lives; see `io.rs`).
     pub async fn publish(&self, message_id: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let (broker, message_id, payload) = (self.clone(), message_id.to_owned(), payload.to_vec());
+        self.io
+            .run(async move { broker.publish_here(&message_id, &payload).await })
+            .await?
+    }
+
+    async fn publish_here(&self, message_id: &str, payload: &[u8]) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
         let result = publish_confirmed(
@@ -136,6 +150,9 @@ impl Broker {
 
     /// Whether the broker can be reached now (connecting if need be).
     pub async fn check(&self) -> Result<(), BrokerError> {
-        self.channel().await.map(|_| ())
+        let broker = self.clone();
+        self.io
+            .run(async move { broker.channel().await.map(|_| ()) })
+            .await?
     }
 }

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod broker;
 pub mod error;
+pub mod io;
 pub mod job_response;
 pub mod problem;
 pub mod routes;

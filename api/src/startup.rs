@@ -11,6 +11,7 @@ use actix_web::{web, App, HttpServer};
 use shared::Settings;
 
 use crate::broker::Broker;
+use crate::io::{Io, IoRuntime};
 use crate::routes::{fallback, health, jobs, submit};
 use crate::status_store::{StatusStore, StoreError};
 
@@ -34,6 +35,8 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    // Dropped after the server has stopped: the connections live on it.
+    _io: IoRuntime,
 }
 
 impl Application {
@@ -47,12 +50,13 @@ impl Application {
 
     pub fn with_listener(settings: Settings, listener: TcpListener) -> Result<Self, StartupError> {
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
-        let store = StatusStore::new(&settings.redis, &settings.jobs)?;
-        let broker = Broker::new(settings.amqp.clone());
+        let (io, io_runtime) = Io::start().map_err(StartupError::Server)?;
+        let store = StatusStore::new(&settings.redis, &settings.jobs, io.clone())?;
+        let broker = Broker::new(settings.amqp.clone(), io.clone());
         // Connect now so the first request does not pay for it; failures are retried lazily.
         {
             let broker = broker.clone();
-            tokio::spawn(async move {
+            io.spawn(async move {
                 if let Err(e) = broker.check().await {
                     tracing::warn!(error = %e, "broker not reachable at start; will retry");
                 }
@@ -104,7 +108,11 @@ impl Application {
             server = server.workers(settings.http.workers);
         }
         let server = server.listen(listener).map_err(StartupError::Server)?.run();
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            _io: io_runtime,
+        })
     }
 
     pub fn port(&self) -> u16 {

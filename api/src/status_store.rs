@@ -2,6 +2,7 @@
 //! publish fails, and read status documents and results. Writes after `queued` belong to the
 //! workers. One multiplexed connection serves every request (it pipelines concurrent commands).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -10,9 +11,15 @@ use shared::configuration::{JobSettings, RedisSettings};
 use shared::keys::field;
 use shared::{JobId, KeyLayout};
 
+use crate::io::{Io, IoStopped};
+
 #[derive(Debug, thiserror::Error)]
-#[error("redis: {0}")]
-pub struct StoreError(#[from] redis::RedisError);
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Io(#[from] IoStopped),
+}
 
 /// What Redis holds about a job.
 pub enum Lookup<T> {
@@ -25,14 +32,15 @@ pub enum Lookup<T> {
 #[derive(Clone)]
 pub struct StatusStore {
     conn: ConnectionManager,
-    keys: KeyLayout,
+    keys: Arc<KeyLayout>,
     retention_seconds: u64,
+    io: Io,
 }
 
 impl StatusStore {
     /// Connects lazily: the facade starts (and answers 503) while Redis is down, and the
     /// manager reconnects by itself when it is back.
-    pub fn new(redis: &RedisSettings, jobs: &JobSettings) -> Result<Self, StoreError> {
+    pub fn new(redis: &RedisSettings, jobs: &JobSettings, io: Io) -> Result<Self, StoreError> {
         let client = redis::Client::open(redis.url.as_str())?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_millis(redis.response_timeout_ms)))
@@ -44,41 +52,67 @@ impl StatusStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(StatusStore {
             conn,
-            keys: KeyLayout::new(redis.key_prefix.clone()),
+            keys: Arc::new(KeyLayout::new(redis.key_prefix.clone())),
             retention_seconds: jobs.retention_seconds,
+            io,
         })
+    }
+
+    /// Runs a Redis operation on the I/O runtime (see `io.rs`).
+    async fn on_io<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(StatusStore) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.io.run(op(self.clone())).await?
     }
 
     /// Records a new job as queued (document and state in one hash, expiring after retention).
     pub async fn create(&self, id: &JobId, doc_json: &[u8]) -> Result<(), StoreError> {
-        let key = self.keys.job(id);
-        let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(&key, &[(field::DOC, doc_json), (field::STATE, b"queued")])
-            .ignore()
-            .expire(&key, self.retention_seconds as i64)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+        let (id, doc_json) = (*id, doc_json.to_vec());
+        self.on_io(|store| async move {
+            let key = store.keys.job(&id);
+            let mut conn = store.conn.clone();
+            redis::pipe()
+                .atomic()
+                .hset_multiple(
+                    &key,
+                    &[(field::DOC, doc_json.as_slice()), (field::STATE, b"queued")],
+                )
+                .ignore()
+                .expire(&key, store.retention_seconds as i64)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Takes back a job whose publish failed, so no half-made job is left behind.
     pub async fn remove(&self, id: &JobId) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        conn.del::<_, ()>(self.keys.job(id)).await?;
-        Ok(())
+        let id = *id;
+        self.on_io(|store| async move {
+            let mut conn = store.conn.clone();
+            conn.del::<_, ()>(store.keys.job(&id)).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The status document as stored (JSON bytes).
     pub async fn document(&self, id: &JobId) -> Result<Lookup<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.clone();
-        let doc: Option<Vec<u8>> = conn.hget(self.keys.job(id), field::DOC).await?;
-        match doc {
-            Some(doc) => Ok(Lookup::Found(doc)),
-            None => self.missing(id).await,
-        }
+        let id = *id;
+        self.on_io(|store| async move {
+            let mut conn = store.conn.clone();
+            let doc: Option<Vec<u8>> = conn.hget(store.keys.job(&id), field::DOC).await?;
+            match doc {
+                Some(doc) => Ok(Lookup::Found(doc)),
+                None => store.missing(&id).await,
+            }
+        })
+        .await
     }
 
     /// The status document and, if there is one, the result (one round trip).
@@ -86,17 +120,21 @@ impl StatusStore {
         &self,
         id: &JobId,
     ) -> Result<Lookup<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
-        let mut conn = self.conn.clone();
-        let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
-            .arg(self.keys.job(id))
-            .arg(field::DOC)
-            .arg(field::RESULT)
-            .query_async(&mut conn)
-            .await?;
-        match doc {
-            Some(doc) => Ok(Lookup::Found((doc, result))),
-            None => self.missing(id).await,
-        }
+        let id = *id;
+        self.on_io(|store| async move {
+            let mut conn = store.conn.clone();
+            let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+                .arg(store.keys.job(&id))
+                .arg(field::DOC)
+                .arg(field::RESULT)
+                .query_async(&mut conn)
+                .await?;
+            match doc {
+                Some(doc) => Ok(Lookup::Found((doc, result))),
+                None => store.missing(&id).await,
+            }
+        })
+        .await
     }
 
     async fn missing<T>(&self, id: &JobId) -> Result<Lookup<T>, StoreError> {
@@ -106,8 +144,11 @@ impl StatusStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING").query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.on_io(|store| async move {
+            let mut conn = store.conn.clone();
+            redis::cmd("PING").query_async::<()>(&mut conn).await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -235,6 +235,22 @@ impl Stack {
         }
     }
 
+    /// Sends SIGTERM to the facade; returns its process so the caller can wait for it.
+    pub fn terminate_api(&mut self) -> &mut Child {
+        let api = self.api.as_mut().expect("api running");
+        let status = Command::new("kill")
+            .args(["-TERM", &api.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        api
+    }
+
+    /// The facade's process (after `terminate_api`), to wait for its exit.
+    pub fn terminate_api_wait(&mut self) -> &mut Child {
+        self.api.as_mut().expect("api running")
+    }
+
     /// Whether worker `i` is still running.
     pub fn worker_alive(&mut self, i: usize) -> bool {
         matches!(self.workers[i].try_wait(), Ok(None))

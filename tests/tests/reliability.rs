@@ -313,3 +313,80 @@ async fn an_operator_lists_and_replays_dead_letters() {
     assert_eq!(result, json!({"succeeded_on_attempt": 2}));
     assert_eq!(stack.queue_len(&dead).await, 0);
 }
+
+#[tokio::test]
+async fn the_facade_drains_in_flight_requests_on_sigterm() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stack = Stack::start("drain").await;
+    let body = json!({"type": "echo", "input": "drained"}).to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let address = stack.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    // The request is in flight (half its body sent) when the facade is told to stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stack.terminate_api();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    socket.write_all(tail.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 202"),
+        "in-flight request not drained: {response}"
+    );
+    // And the facade then exits by itself, cleanly.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let api = stack.terminate_api_wait();
+    loop {
+        if let Some(status) = api.try_wait().unwrap() {
+            assert!(status.success(), "facade exit status {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "facade did not exit after draining"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn quorum_queues_work_end_to_end() {
+    let stack = Stack::start_with(
+        "quorum",
+        fast_retries().env("APP__AMQP__QUEUE_TYPE", "quorum"),
+    )
+    .await;
+    let echo = stack
+        .submit_ok(&json!({"type": "echo", "input": [1, 2]}))
+        .await;
+    let retried = stack
+        .submit_ok(&json!({"type": "fail", "input": {"message": "flaky", "kind": "transient", "until_attempt": 2}}))
+        .await;
+    let panics = stack
+        .submit_ok(&json!({"type": "fail", "input": {"message": "boom", "kind": "panic"}}))
+        .await;
+    assert_eq!(
+        stack.wait(&echo, LONG).await.json::<Value>().await.unwrap(),
+        json!([1, 2])
+    );
+    assert_eq!(
+        stack
+            .wait(&retried, LONG)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        json!({"succeeded_on_attempt": 2})
+    );
+    assert_eq!(
+        stack.wait(&panics, LONG).await.status(),
+        StatusCode::FAILED_DEPENDENCY
+    );
+    stack.wait_queue_len(&stack.dead_letter_queue(), 1).await;
+}

@@ -60,31 +60,68 @@ fn reason(delivery: &lapin::message::Delivery) -> Option<String> {
     }
 }
 
+/// A connection to the dead-letter queue (topology declared), and the job store.
+struct Session {
+    store: JobStore,
+    connection: Connection,
+    channel: lapin::Channel,
+    queue: String,
+}
+
+impl Session {
+    async fn open(settings: &Settings, confirms: bool) -> Result<Session, DeadLetterError> {
+        let store = JobStore::new(&settings.redis, &settings.jobs, "dead-letter-tool".into())?;
+        let connection =
+            Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        if confirms {
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+        }
+        topology::declare_work_queue(&channel, &settings.amqp).await?;
+        Ok(Session {
+            store,
+            connection,
+            channel,
+            queue: topology::dead_letter_queue(&settings.amqp.queue),
+        })
+    }
+
+    /// The next dead letter, left unacknowledged (closing the channel returns it).
+    async fn next(&self) -> Result<Option<lapin::message::Delivery>, DeadLetterError> {
+        let message = self
+            .channel
+            .basic_get(
+                ShortString::from(self.queue.as_str()),
+                BasicGetOptions { no_ack: false },
+            )
+            .await?;
+        Ok(message.map(|m| m.delivery))
+    }
+
+    async fn close(self, why: &str) {
+        let _ = self.connection.close(200, ShortString::from(why)).await;
+    }
+}
+
 /// Looks at up to `limit` dead letters without removing them.
 pub async fn list(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, DeadLetterError> {
-    let store = JobStore::new(&settings.redis, &settings.jobs, "dead-letter-tool".into())?;
-    let connection =
-        Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    topology::declare_work_queue(&channel, &settings.amqp).await?;
-    let queue = topology::dead_letter_queue(&settings.amqp.queue);
+    let session = Session::open(settings, false).await?;
     let mut letters = Vec::new();
     // Messages taken here stay unacknowledged until the channel closes, which returns them
     // all to the queue: listing removes nothing.
     while letters.len() < limit {
-        let Some(message) = channel
-            .basic_get(
-                ShortString::from(queue.as_str()),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
+        let Some(delivery) = session.next().await? else {
             break;
         };
-        let delivery = message.delivery;
         let decoded: Option<JobMessage> = serde_json::from_slice(&delivery.data).ok();
         let job_status = match &decoded {
-            Some(m) => store.load(&m.id).await?.map(|d| d.status.to_string()),
+            Some(m) => session
+                .store
+                .load(&m.id)
+                .await?
+                .map(|d| d.status.to_string()),
             None => None,
         };
         letters.push(DeadLetter {
@@ -95,36 +132,22 @@ pub async fn list(settings: &Settings, limit: usize) -> Result<Vec<DeadLetter>, 
             bytes: delivery.data.len(),
         });
     }
-    let _ = connection.close(200, ShortString::from("listed")).await;
+    session.close("listed").await;
     Ok(letters)
 }
 
 /// Moves up to `limit` dead letters back into the work queue, resetting their jobs to queued.
 pub async fn replay(settings: &Settings, limit: usize) -> Result<ReplayReport, DeadLetterError> {
-    let store = JobStore::new(&settings.redis, &settings.jobs, "dead-letter-tool".into())?;
-    let connection =
-        Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    topology::declare_work_queue(&channel, &settings.amqp).await?;
-    let queue = topology::dead_letter_queue(&settings.amqp.queue);
+    let session = Session::open(settings, true).await?;
+    let (store, channel) = (&session.store, &session.channel);
     let timeout = Duration::from_millis(settings.amqp.publish_timeout_ms);
     let mut report = ReplayReport::default();
     let mut seen = 0;
     while seen < limit {
-        let Some(message) = channel
-            .basic_get(
-                ShortString::from(queue.as_str()),
-                BasicGetOptions { no_ack: false },
-            )
-            .await?
-        else {
+        let Some(delivery) = session.next().await? else {
             break;
         };
         seen += 1;
-        let delivery = message.delivery;
         let Ok(job) = serde_json::from_slice::<JobMessage>(&delivery.data) else {
             // Left unacknowledged: back in the dead-letter queue when the channel closes.
             report.left += 1;
@@ -144,7 +167,7 @@ pub async fn replay(settings: &Settings, limit: usize) -> Result<ReplayReport, D
         match store.transition(&doc, &from, None).await? {
             Transition::Done => {
                 publish_confirmed(
-                    &channel,
+                    channel,
                     &settings.amqp.queue,
                     &id.to_string(),
                     &delivery.data,
@@ -158,6 +181,6 @@ pub async fn replay(settings: &Settings, limit: usize) -> Result<ReplayReport, D
         }
         delivery.ack(BasicAckOptions::default()).await?;
     }
-    let _ = connection.close(200, ShortString::from("replayed")).await;
+    session.close("replayed").await;
     Ok(report)
 }
