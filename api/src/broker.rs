@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use shared::configuration::AmqpSettings;
-use shared::publish::{publish_confirmed, PublishError};
+use shared::publish::{publish_confirmed, Outgoing, PublishError};
 use shared::topology;
 use tokio::sync::Mutex;
 
 use crate::io::{Io, IoStopped};
+
+pub mod queue_stats;
 
 /// After a failed connection attempt, requests fail fast for this long instead of each one
 /// trying (and waiting) again.
@@ -121,25 +123,30 @@ impl Broker {
 
     /// Publishes `payload` to the work queue and waits for the broker's confirm (on the I/O
     /// runtime, where the connection lives; see `io.rs`).
-    pub async fn publish(&self, message_id: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    /// Publishes `payload` to the work queue with `priority` (0-9) and waits for the broker's
+    /// confirm (on the I/O runtime, where the connection lives; see `io.rs`).
+    pub async fn publish(
+        &self,
+        message_id: &str,
+        payload: &[u8],
+        priority: u8,
+    ) -> Result<(), BrokerError> {
         let (broker, message_id, payload) = (self.clone(), message_id.to_owned(), payload.to_vec());
         self.io
-            .run(async move { broker.publish_here(&message_id, &payload).await })
+            .run(async move { broker.publish_here(&message_id, &payload, priority).await })
             .await?
     }
 
-    async fn publish_here(&self, message_id: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    async fn publish_here(
+        &self,
+        message_id: &str,
+        payload: &[u8],
+        priority: u8,
+    ) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
-        let result = publish_confirmed(
-            &channel,
-            &self.settings.queue,
-            message_id,
-            payload,
-            None,
-            timeout,
-        )
-        .await;
+        let outgoing = Outgoing::new(message_id, payload).priority(priority);
+        let result = publish_confirmed(&channel, &self.settings.queue, outgoing, timeout).await;
         if let Err(PublishError::Returned(_)) = &result {
             // Unroutable: most likely the queue was deleted. Declare it again before the
             // next publish so the facade heals by itself.

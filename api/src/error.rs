@@ -40,6 +40,14 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the job queue is unavailable")]
     Broker(#[from] BrokerError),
+    #[error("{detail}")]
+    InvalidHeader { name: &'static str, detail: String },
+    #[error("{detail}")]
+    InvalidParameter { name: String, detail: String },
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyKeyInFlight,
 }
 
 impl ApiError {
@@ -67,6 +75,24 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Broker(_) => {
                 Problem::new(status, "service-unavailable", "Service unavailable")
             }
+            ApiError::InvalidHeader { name, .. } => {
+                Problem::new(status, "invalid-header", "Invalid request header")
+                    .extension("header", json!(name))
+            }
+            ApiError::InvalidParameter { name, .. } => {
+                Problem::new(status, "invalid-parameter", "Invalid query parameter")
+                    .extension("parameter", json!(name))
+            }
+            ApiError::IdempotencyKeyReused => Problem::new(
+                status,
+                "idempotency-key-reused",
+                "Idempotency key reused with another request",
+            ),
+            ApiError::IdempotencyKeyInFlight => Problem::new(
+                status,
+                "idempotency-key-in-flight",
+                "A request with this idempotency key is in progress",
+            ),
         };
         problem.detail(self.to_string())
     }
@@ -83,6 +109,11 @@ impl ResponseError for ApiError {
             ApiError::JobGone => StatusCode::GONE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) | ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidParameter { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInFlight => {
+                StatusCode::CONFLICT
+            }
         }
     }
 
@@ -100,6 +131,9 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed { allow } => {
                 builder.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            }
+            ApiError::IdempotencyKeyInFlight => {
+                builder.insert_header((header::RETRY_AFTER, 1));
             }
             _ => {}
         }

@@ -3,9 +3,14 @@
 
 pub mod body;
 pub mod broker;
+pub mod cancel;
 pub mod error;
+pub mod estimates;
+pub mod idempotency;
 pub mod io;
 pub mod job_response;
+pub mod long_poll;
+pub mod notifier;
 pub mod problem;
 pub mod routes;
 pub mod startup;

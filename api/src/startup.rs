@@ -12,7 +12,8 @@ use shared::Settings;
 
 use crate::broker::Broker;
 use crate::io::{Io, IoRuntime};
-use crate::routes::{fallback, health, jobs, submit};
+use crate::notifier::Notifier;
+use crate::routes::{cancel, events, fallback, health, jobs, submit};
 use crate::status_store::{StatusStore, StoreError};
 
 /// What every request handler can reach.
@@ -20,6 +21,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: StatusStore,
     pub broker: Broker,
+    pub estimates: crate::estimates::Estimates,
+    pub notifier: Notifier,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +65,18 @@ impl Application {
                 }
             });
         }
+        let notifier = Notifier::new(
+            &settings.redis.url,
+            shared::KeyLayout::new(settings.redis.key_prefix.clone()),
+            io.clone(),
+        )?;
+        let estimates = crate::estimates::Estimates::new(store.clone(), broker.clone(), &settings);
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
             store,
             broker,
+            estimates,
+            notifier,
         });
         let body_limit = settings.http.body_limit_bytes;
         let mut server = HttpServer::new(move || {
@@ -78,11 +89,18 @@ impl Application {
                 .service(
                     web::resource("/v1/jobs")
                         .route(web::post().to(submit::submit))
-                        .default_service(fallback::method_not_allowed("POST")),
+                        .route(web::get().to(crate::routes::list::list))
+                        .default_service(fallback::method_not_allowed("GET, HEAD, POST")),
                 )
                 .service(
                     web::resource("/v1/jobs/{id}")
                         .route(web::get().to(jobs::status))
+                        .route(web::delete().to(cancel::cancel))
+                        .default_service(fallback::method_not_allowed("GET, HEAD, DELETE")),
+                )
+                .service(
+                    web::resource("/v1/jobs/{id}/events")
+                        .route(web::get().to(events::events))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
                 .service(

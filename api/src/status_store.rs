@@ -13,6 +13,10 @@ use shared::{JobId, KeyLayout};
 
 use crate::io::{Io, IoStopped};
 
+mod idempotency;
+pub mod index;
+mod stats;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}")]
@@ -31,10 +35,10 @@ pub enum Lookup<T> {
 
 #[derive(Clone)]
 pub struct StatusStore {
-    conn: ConnectionManager,
-    keys: Arc<KeyLayout>,
-    retention_seconds: u64,
-    io: Io,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) keys: Arc<KeyLayout>,
+    pub(crate) retention_seconds: u64,
+    pub(crate) io: Io,
 }
 
 impl StatusStore {
@@ -68,23 +72,35 @@ impl StatusStore {
         self.io.run(op(self.clone())).await?
     }
 
-    /// Records a new job as queued (document and state in one hash, expiring after retention).
-    pub async fn create(&self, id: &JobId, doc_json: &[u8]) -> Result<(), StoreError> {
+    /// Records a new job as queued (document and state in one hash, expiring after retention)
+    /// and adds it to the index of jobs (`created_ms`: its creation time, unix milliseconds).
+    pub async fn create(
+        &self,
+        id: &JobId,
+        doc_json: &[u8],
+        created_ms: i64,
+    ) -> Result<(), StoreError> {
         let (id, doc_json) = (*id, doc_json.to_vec());
-        self.on_io(|store| async move {
+        self.on_io(move |store| async move {
             let key = store.keys.job(&id);
             let mut conn = store.conn.clone();
-            redis::pipe()
-                .atomic()
+            let mut pipe = redis::pipe();
+            pipe.atomic()
                 .hset_multiple(
                     &key,
                     &[(field::DOC, doc_json.as_slice()), (field::STATE, b"queued")],
                 )
                 .ignore()
                 .expire(&key, store.retention_seconds as i64)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await?;
+                .ignore();
+            index::add(
+                &mut pipe,
+                &store.keys,
+                &id,
+                created_ms,
+                store.retention_seconds,
+            );
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await
@@ -95,7 +111,10 @@ impl StatusStore {
         let id = *id;
         self.on_io(|store| async move {
             let mut conn = store.conn.clone();
-            conn.del::<_, ()>(store.keys.job(&id)).await?;
+            let mut pipe = redis::pipe();
+            pipe.del(store.keys.job(&id)).ignore();
+            index::remove(&mut pipe, &store.keys, &id);
+            pipe.query_async::<()>(&mut conn).await?;
             Ok(())
         })
         .await

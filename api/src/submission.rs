@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use shared::job_types::{self, FieldError, JobTypeSpec};
+use shared::webhooks::WebhookSettings;
 
 use crate::error::ApiError;
 
@@ -14,10 +15,18 @@ pub struct Submission {
     pub spec: &'static JobTypeSpec,
     pub input: Value,
     pub priority: u8,
+    /// Checked against the webhook allow-list.
+    pub callback_url: Option<String>,
 }
 
 impl Submission {
+    /// Parses a submission on a server without webhooks (every `callback_url` is refused).
     pub fn parse(body: Value) -> Result<Self, ApiError> {
+        Self::parse_with(body, &NO_WEBHOOKS)
+    }
+
+    /// Parses a submission, checking a `callback_url` against `webhooks`.
+    pub fn parse_with(body: Value, webhooks: &WebhookSettings) -> Result<Self, ApiError> {
         let Value::Object(mut body) = body else {
             return Err(invalid(vec![FieldError {
                 field: String::new(),
@@ -66,13 +75,20 @@ impl Submission {
             },
         };
 
-        if body.get("callback_url").is_some_and(|v| !v.is_null()) {
-            // Accepting a callback and never calling it would be worse than saying no.
-            errors.push(FieldError::new(
-                &["callback_url"],
-                "callbacks are not supported by this server yet",
-            ));
-        }
+        let callback_url = match body.get("callback_url") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(url)) => match webhooks.validate_url(url) {
+                Ok(url) => Some(url),
+                Err(detail) => {
+                    errors.push(FieldError::new(&["callback_url"], detail));
+                    None
+                }
+            },
+            Some(_) => {
+                errors.push(FieldError::new(&["callback_url"], "must be a string"));
+                None
+            }
+        };
 
         let input = body.remove("input").unwrap_or(Value::Null);
         if let Some(spec) = spec {
@@ -83,11 +99,22 @@ impl Submission {
                 spec,
                 input,
                 priority,
+                callback_url,
             }),
             _ => Err(invalid(errors)),
         }
     }
 }
+
+/// Webhooks off: no host is allowed.
+static NO_WEBHOOKS: WebhookSettings = WebhookSettings {
+    allowed_hosts: Vec::new(),
+    secret: String::new(),
+    max_attempts: 1,
+    base_delay_ms: 1,
+    max_delay_ms: 1,
+    request_timeout_ms: 1,
+};
 
 fn known_types() -> String {
     job_types::CATALOG
@@ -140,5 +167,44 @@ mod tests {
         assert_eq!(fields(Submission::parse(json!({}))), ["type"]);
         assert_eq!(fields(Submission::parse(json!([1]))), [""]);
         assert_eq!(fields(Submission::parse(json!({"type": 5}))), ["type"]);
+    }
+
+    #[test]
+    fn callback_urls_must_be_allowed() {
+        let webhooks = WebhookSettings {
+            allowed_hosts: vec!["hooks.example.com".into()],
+            secret: "k".into(),
+            ..NO_WEBHOOKS.clone()
+        };
+        let s = Submission::parse_with(
+            json!({"type": "echo", "callback_url": "https://hooks.example.com/done"}),
+            &webhooks,
+        )
+        .unwrap();
+        assert_eq!(
+            s.callback_url.as_deref(),
+            Some("https://hooks.example.com/done")
+        );
+        for bad in [
+            json!("https://other.example.com/"),
+            json!("https://u:p@hooks.example.com/"),
+            json!("hooks.example.com"),
+            json!(5),
+        ] {
+            assert_eq!(
+                fields(Submission::parse_with(
+                    json!({"type": "echo", "callback_url": bad}),
+                    &webhooks
+                )),
+                ["callback_url"]
+            );
+        }
+        // Without webhooks configured, every callback is refused.
+        assert_eq!(
+            fields(Submission::parse(
+                json!({"type": "echo", "callback_url": "https://hooks.example.com/done"})
+            )),
+            ["callback_url"]
+        );
     }
 }

@@ -9,6 +9,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
 use crate::job_types::JobTypeSpec;
+use crate::webhooks::WebhookSettings;
 
 /// The defaults file, as shipped in the repository.
 pub const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -22,6 +23,7 @@ pub struct Settings {
     pub retry_after: RetryAfterSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -81,6 +83,8 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     pub workers: usize,
     pub shutdown_grace_seconds: u64,
+    pub max_wait_seconds: u64,
+    pub sse_keepalive_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,7 +175,10 @@ impl Settings {
                 Environment::with_prefix("APP")
                     .prefix_separator("__")
                     .separator("__")
-                    .try_parsing(true),
+                    .try_parsing(true)
+                    // APP__WEBHOOKS__ALLOWED_HOSTS=a.example.com,*.example.org
+                    .list_separator(",")
+                    .with_list_parse_key("webhooks.allowed_hosts"),
             )
             .build()
             .and_then(Config::try_deserialize)
@@ -207,6 +214,7 @@ impl Settings {
         if self.jobs.retention_seconds == 0 {
             return bad("jobs.retention_seconds must be at least 1");
         }
+        self.webhooks.check().map_err(ConfigError)?;
         Ok(())
     }
 }
@@ -250,6 +258,32 @@ mod tests {
         let limits = s.jobs.limits_for(sleep);
         assert_eq!(limits.max_run_seconds, 2);
         assert_eq!(limits.max_attempts, sleep.max_attempts);
+    }
+
+    #[test]
+    fn webhook_hosts_are_a_list_in_the_environment() {
+        // Secret first and hosts last (removed in reverse): a test loading the configuration
+        // meanwhile always sees a valid combination.
+        std::env::set_var("APP__WEBHOOKS__SECRET", "k");
+        std::env::set_var(
+            "APP__WEBHOOKS__ALLOWED_HOSTS",
+            "hooks.example.com,*.example.org:8443",
+        );
+        let loaded = Settings::load(None);
+        std::env::remove_var("APP__WEBHOOKS__ALLOWED_HOSTS");
+        std::env::remove_var("APP__WEBHOOKS__SECRET");
+        let s = loaded.expect("valid");
+        assert_eq!(
+            s.webhooks.allowed_hosts,
+            ["hooks.example.com", "*.example.org:8443"]
+        );
+        assert!(s.webhooks.enabled());
+        assert!(!format!("{s:?}").contains("secret: \"k\""));
+        assert!(Settings::load(None)
+            .unwrap()
+            .webhooks
+            .allowed_hosts
+            .is_empty());
     }
 
     #[test]

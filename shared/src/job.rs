@@ -187,6 +187,12 @@ pub struct Links {
     #[serde(rename = "self")]
     pub self_: String,
     pub result: String,
+    /// `DELETE` here cancels the job.
+    #[serde(default)]
+    pub cancel: String,
+    /// Server-sent events of the job's changes.
+    #[serde(default)]
+    pub events: String,
 }
 
 impl Links {
@@ -194,6 +200,8 @@ impl Links {
         Links {
             self_: id.status_path(),
             result: id.result_path(),
+            cancel: id.status_path(),
+            events: format!("{}/events", id.status_path()),
         }
     }
 }
@@ -220,6 +228,9 @@ pub struct StatusDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
     pub links: Links,
+    /// The webhook, when the client gave a `callback_url`, and how its delivery stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<crate::webhooks::Callback>,
 }
 
 impl StatusDocument {
@@ -237,7 +248,14 @@ impl StatusDocument {
             next_attempt_at: None,
             error: None,
             links: Links::for_job(&id),
+            callback: None,
         }
+    }
+
+    /// The same document with a pending callback to `url` (if any).
+    pub fn with_callback(mut self, url: Option<&str>) -> Self {
+        self.callback = url.map(crate::webhooks::Callback::pending);
+        self
     }
 }
 

@@ -20,6 +20,8 @@ pub mod field {
     pub const MESSAGE: &str = "msg";
     /// How many times the job was started (an attempt that raced another counts too).
     pub const STARTS: &str = "starts";
+    /// Set to 1 when a client asked to cancel the job while it was running.
+    pub const CANCEL: &str = "cancel";
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +45,17 @@ impl KeyLayout {
         format!("{}:job:{{{}}}", self.prefix, id)
     }
 
+    /// Pub/sub channel on which every change of the job's status document is published (the
+    /// document itself), for long-polls and event streams.
+    pub fn events(&self, id: &JobId) -> String {
+        format!("{}:events:{{{}}}", self.prefix, id)
+    }
+
+    /// Pub/sub channel on which cancel requests for running jobs are published (the job id).
+    pub fn cancel_requests(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
     /// Sorted set of jobs running under a lease: member job id, score the lease's expiry
     /// (unix milliseconds).
     pub fn leases(&self) -> String {
@@ -52,6 +65,24 @@ impl KeyLayout {
     /// A tiny marker that outlives the job's hash, so an expired job answers 410, not 404.
     pub fn tombstone(&self, id: &JobId) -> String {
         format!("{}:tomb:{{{}}}", self.prefix, id)
+    }
+
+    /// The record of one `Idempotency-Key`: `{prefix}:idem:<hex SHA-256 of the key>`. Takes
+    /// the digest, never the header text, so no client-chosen bytes reach a key.
+    pub fn idempotency(&self, key_sha256: &[u8; 32]) -> String {
+        let hex: String = key_sha256.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}:idem:{}", self.prefix, hex)
+    }
+
+    /// Index of the jobs, for listing: sorted set, member the job id, score its creation time
+    /// (unix milliseconds).
+    pub fn jobs_index(&self) -> String {
+        format!("{}:jobs", self.prefix)
+    }
+
+    /// Moving averages of run times: hash, field the job type, value seconds.
+    pub fn run_time_stats(&self) -> String {
+        format!("{}:stats", self.prefix)
     }
 }
 

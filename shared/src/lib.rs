@@ -10,6 +10,7 @@ pub mod message;
 pub mod publish;
 pub mod telemetry;
 pub mod topology;
+pub mod webhooks;
 
 pub use configuration::Settings;
 pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument};

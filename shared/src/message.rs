@@ -21,6 +21,10 @@ pub struct JobMessage {
     pub job_type: String,
     pub input: Value,
     pub created_at: DateTime<Utc>,
+    /// Where to POST the final status document (already checked against the allow-list).
+    /// Absent in messages of older versions, which decode as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
 }
 
 impl JobMessage {
@@ -36,6 +40,13 @@ impl JobMessage {
             job_type: job_type.into(),
             input,
             created_at,
+            callback_url: None,
         }
+    }
+
+    /// The same message with a callback URL (if any).
+    pub fn with_callback(mut self, url: Option<String>) -> Self {
+        self.callback_url = url;
+        self
     }
 }

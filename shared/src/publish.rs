@@ -24,23 +24,57 @@ pub enum PublishError {
     ConfirmsOff,
 }
 
-/// Publishes `payload` to the default exchange with `routing_key` (a queue name) and waits for
-/// the confirm. `expiration_ms` sets a per-message TTL (for delay queues).
+/// What to publish: a job message and its AMQP properties.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub message_id: &'a str,
+    pub payload: &'a [u8],
+    /// Per-message TTL (for delay queues).
+    pub expiration_ms: Option<u64>,
+    /// 0-9; higher runs first among queued jobs (classic queues).
+    pub priority: u8,
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn new(message_id: &'a str, payload: &'a [u8]) -> Self {
+        Outgoing {
+            message_id,
+            payload,
+            expiration_ms: None,
+            priority: 0,
+        }
+    }
+
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn expiration_ms(mut self, ms: u64) -> Self {
+        self.expiration_ms = Some(ms);
+        self
+    }
+}
+
+/// Publishes to the default exchange with `routing_key` (a queue name) and waits for the
+/// confirm.
 pub async fn publish_confirmed(
     channel: &Channel,
     routing_key: &str,
-    message_id: &str,
-    payload: &[u8],
-    expiration_ms: Option<u64>,
+    outgoing: Outgoing<'_>,
     timeout: Duration,
 ) -> Result<(), PublishError> {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2) // persistent
         .with_content_type(ShortString::from(CONTENT_TYPE))
-        .with_message_id(ShortString::from(message_id));
-    if let Some(ms) = expiration_ms {
+        .with_message_id(ShortString::from(outgoing.message_id));
+    if let Some(ms) = outgoing.expiration_ms {
         properties = properties.with_expiration(ShortString::from(ms.to_string()));
     }
+    if outgoing.priority > 0 {
+        properties = properties.with_priority(outgoing.priority);
+    }
+    let payload = outgoing.payload;
     let publish = async {
         let confirm = channel
             .basic_publish(

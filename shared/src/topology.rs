@@ -17,6 +17,9 @@ use lapin::Channel;
 
 use crate::configuration::{AmqpSettings, QueueType};
 
+/// Highest job priority (the work queue's `x-max-priority`).
+pub const MAX_PRIORITY: u8 = 9;
+
 /// The dead-letter queue of `queue`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
@@ -68,6 +71,13 @@ pub fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
         ShortString::from("x-dead-letter-routing-key"),
         text(&dead_letter_queue(&settings.queue)),
     );
+    if settings.queue_type == QueueType::Classic {
+        // Priorities 0-9 (the API's range); quorum queues on RabbitMQ 3.x have none.
+        args.insert(
+            ShortString::from("x-max-priority"),
+            AMQPValue::ShortShortUInt(MAX_PRIORITY),
+        );
+    }
     if settings.queue_type == QueueType::Quorum {
         args.insert(
             ShortString::from("x-delivery-limit"),

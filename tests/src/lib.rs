@@ -56,6 +56,17 @@ fn log_dir() -> PathBuf {
     dir
 }
 
+/// An HTTP client builder for tests. In a workspace build, cargo unifies reqwest's features
+/// with the worker's (`rustls-no-provider`, for HTTPS webhooks), and reqwest then needs a
+/// process-wide rustls crypto provider before any client is built: install ring's, once.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: OnceLock<()> = OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
 /// A free TCP port on loopback (bound and released: the race with another process taking it
 /// in between is acceptable for tests).
 pub fn free_port() -> u16 {
@@ -137,11 +148,11 @@ impl Stack {
             queue: format!("e2e-{name}-{tag}"),
             prefix: format!("e2e-{tag}"),
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
+            http: client_builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
-            http_no_redirect: reqwest::Client::builder()
+            http_no_redirect: client_builder()
                 .timeout(Duration::from_secs(30))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()

@@ -219,6 +219,17 @@ async fn invalid_jobs_get_422_naming_each_bad_field() {
         let p = problem(stack.submit(&body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
         assert_eq!(p["errors"][0]["field"], field, "{body} -> {p}");
     }
+    // Callbacks are refused by default: the allow-list of callback hosts is empty.
+    let p = problem(
+        stack
+            .submit(&json!({"type": "echo", "callback_url": "https://example.com/hook"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "callback_url", "{p}");
+    let detail = p["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("not allowed"), "{detail}");
     // A JSON body that is not an object.
     let p = problem(
         stack.submit(&json!([1, 2])).await,
@@ -259,7 +270,7 @@ async fn unknown_and_malformed_ids_are_404_and_never_reach_redis() {
     )
     .await;
     let r = stack.http.put(stack.url("/v1/jobs")).send().await.unwrap();
-    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(r.headers()["allow"], "GET, HEAD, POST");
     problem(r, StatusCode::METHOD_NOT_ALLOWED).await;
     problem(
         stack
@@ -271,11 +282,13 @@ async fn unknown_and_malformed_ids_are_404_and_never_reach_redis() {
         StatusCode::METHOD_NOT_ALLOWED,
     )
     .await;
-    problem(
-        stack.http.get(stack.url("/v1/jobs")).send().await.unwrap(),
-        StatusCode::METHOD_NOT_ALLOWED,
-    )
-    .await;
+    // `GET /v1/jobs` lists the jobs: none here.
+    let list = stack.http.get(stack.url("/v1/jobs")).send().await.unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    assert_eq!(
+        list.json::<Value>().await.unwrap(),
+        json!({"jobs": [], "next_cursor": null})
+    );
     assert_nothing_left(&stack).await;
 }
 

@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Connection, ConnectionProperties};
 use shared::configuration::{AmqpSettings, WorkerSettings};
-use shared::publish::publish_confirmed;
+use shared::publish::{publish_confirmed, Outgoing};
 use shared::topology;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -202,15 +202,9 @@ async fn reap_lapsed_leases(processor: Processor, publisher: lapin::Channel) {
             match (doc, message) {
                 (Ok(Some(doc)), Ok(Some(message))) if !doc.status.is_terminal() => {
                     let key = id.to_string();
-                    match publish_confirmed(
-                        &publisher,
-                        &processor.amqp.queue,
-                        &key,
-                        &message,
-                        None,
-                        timeout,
-                    )
-                    .await
+                    let outgoing = Outgoing::new(&key, &message);
+                    match publish_confirmed(&publisher, &processor.amqp.queue, outgoing, timeout)
+                        .await
                     {
                         Ok(()) => {
                             tracing::warn!(job_id = %id, "lease lapsed (its worker died?); job put back on the queue");

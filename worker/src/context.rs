@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use shared::{JobId, JobStatus, Progress, StatusDocument};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::job_store::JobStore;
 
 #[derive(Clone)]
@@ -19,6 +21,7 @@ struct Inner {
     attempt: u32,
     store: Option<JobStore>,
     interval: Duration,
+    cancel: CancellationToken,
     state: Mutex<ProgressState>,
 }
 
@@ -28,22 +31,33 @@ struct ProgressState {
 }
 
 impl JobContext {
-    pub(crate) fn new(doc: StatusDocument, store: JobStore, interval: Duration) -> Self {
-        Self::build(doc, Some(store), interval)
+    pub(crate) fn new(
+        doc: StatusDocument,
+        store: JobStore,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self::build(doc, Some(store), interval, cancel)
     }
 
     /// A context that records progress in memory only: for testing handlers without Redis.
     pub fn detached(doc: StatusDocument) -> Self {
-        Self::build(doc, None, Duration::ZERO)
+        Self::build(doc, None, Duration::ZERO, CancellationToken::new())
     }
 
-    fn build(doc: StatusDocument, store: Option<JobStore>, interval: Duration) -> Self {
+    fn build(
+        doc: StatusDocument,
+        store: Option<JobStore>,
+        interval: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
         JobContext {
             inner: Arc::new(Inner {
                 id: doc.id,
                 attempt: doc.attempts,
                 store,
                 interval,
+                cancel,
                 state: Mutex::new(ProgressState {
                     doc,
                     last_write: None,
@@ -92,6 +106,24 @@ impl JobContext {
                 tracing::warn!(job_id = %self.inner.id, error = %e, "progress not recorded");
             }
         }
+    }
+
+    /// Whether a client asked to cancel this job. The worker stops a canceled handler at its
+    /// next await point anyway; a handler checks this (or awaits [`cancelled`]) to stop
+    /// blocking work or clean up first.
+    ///
+    /// [`cancelled`]: JobContext::cancelled
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Resolves when a client asks to cancel this job.
+    pub async fn cancelled(&self) {
+        self.inner.cancel.cancelled().await
+    }
+
+    pub(crate) fn cancel_token(&self) -> CancellationToken {
+        self.inner.cancel.clone()
     }
 
     /// The latest progress reported (written or not).

@@ -9,7 +9,7 @@ use chrono::Utc;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
 use lapin::{Connection, ConnectionProperties};
-use shared::publish::{publish_confirmed, PublishError};
+use shared::publish::{publish_confirmed, Outgoing, PublishError};
 use shared::{topology, JobId, JobMessage, JobStatus, Settings};
 
 use crate::job_store::{JobStore, StoreError, Transition};
@@ -165,16 +165,11 @@ pub async fn replay(settings: &Settings, limit: usize) -> Result<ReplayReport, D
         doc.next_attempt_at = Some(Utc::now());
         let from = [JobStatus::Failed, JobStatus::Queued, JobStatus::Running];
         match store.transition(&doc, &from, None).await? {
-            Transition::Done => {
-                publish_confirmed(
-                    channel,
-                    &settings.amqp.queue,
-                    &id.to_string(),
-                    &delivery.data,
-                    None,
-                    timeout,
-                )
-                .await?;
+            Transition::Done | Transition::DoneCancelRequested => {
+                let key = id.to_string();
+                let priority = delivery.properties.priority().unwrap_or(0);
+                let outgoing = Outgoing::new(&key, &delivery.data).priority(priority);
+                publish_confirmed(channel, &settings.amqp.queue, outgoing, timeout).await?;
                 report.replayed.push(id.to_string());
             }
             Transition::Refused(_) => report.dropped.push(id.to_string()),

@@ -20,7 +20,10 @@ pub enum StoreError {
 
 /// KEYS: job hash, tombstone. ARGV: allowed current states (comma-separated), new state,
 /// document, ttl, worker id, has-result flag, result, tombstone ttl (0: none), count-a-start
-/// flag (increments the hash's `starts`: how often the job was started, whoever wrote last).
+/// flag (increments the hash's `starts`: how often the job was started, whoever wrote last),
+/// events channel (the new document is published there, for long-polls and event streams).
+/// Returns "ok" (or "ok-cancel" when counting a start of a job whose cancel was requested), or
+/// the current state ("missing" when there is no job) when it did not write.
 /// Returns "ok", or the current state ("missing" when there is no job) when it did not write.
 const TRANSITION: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -34,7 +37,11 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'doc', ARGV[3], 'worker', ARGV[5])
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'result', ARGV[7]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if tonumber(ARGV[8]) > 0 then redis.call('SET', KEYS[2], '1', 'EX', ARGV[8]) end
-if ARGV[9] == '1' then redis.call('HINCRBY', KEYS[1], 'starts', 1) end
+redis.call('PUBLISH', ARGV[10], ARGV[3])
+if ARGV[9] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'starts', 1)
+  if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 'ok-cancel' end
+end
 return 'ok'
 "#;
 
@@ -53,6 +60,8 @@ return ids
 #[derive(Debug, PartialEq, Eq)]
 pub enum Transition {
     Done,
+    /// Written (a start), but a client has asked to cancel the job.
+    DoneCancelRequested,
     /// The job was in another state (returned), so nothing was written.
     Refused(String),
 }
@@ -152,12 +161,13 @@ impl JobStore {
             .arg(result.unwrap_or_default())
             .arg(tombstone)
             .arg(if count_start { "1" } else { "0" })
+            .arg(self.keys.events(&doc.id))
             .invoke_async(&mut conn)
             .await?;
-        Ok(if outcome == "ok" {
-            Transition::Done
-        } else {
-            Transition::Refused(outcome)
+        Ok(match outcome.as_str() {
+            "ok" => Transition::Done,
+            "ok-cancel" => Transition::DoneCancelRequested,
+            _ => Transition::Refused(outcome),
         })
     }
 
@@ -230,5 +240,50 @@ impl JobStore {
     pub async fn kept_message(&self, id: &JobId) -> Result<Option<Vec<u8>>, StoreError> {
         let mut conn = self.conn.clone();
         Ok(conn.hget(self.keys.job(id), field::MESSAGE).await?)
+    }
+
+    /// The channel cancel requests are published on.
+    pub fn cancel_channel(&self) -> String {
+        self.keys.cancel_requests()
+    }
+
+    /// Folds the run time of a finished run (`finished_at - started_at` of `doc`) into its job
+    /// type's moving average in `{prefix}:stats`, which every facade reads to estimate
+    /// `Retry-After`. Runs in the background: it never delays the job's ack, and a failure
+    /// costs only a sample.
+    pub fn record_run_time(&self, doc: &StatusDocument) {
+        /// Weight of the newest sample in the exponentially weighted moving average.
+        const ALPHA: f64 = 0.2;
+        /// KEYS: stats hash. ARGV: job type, sample (seconds), alpha.
+        const EWMA: &str = r#"
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
+local x = tonumber(ARGV[2])
+local new = x
+if old then new = old + tonumber(ARGV[3]) * (x - old) end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.3f', new))
+return 1
+"#;
+        static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(EWMA));
+        let (Some(started), Some(finished)) = (doc.started_at, doc.finished_at) else {
+            return;
+        };
+        let seconds = (finished - started).num_milliseconds().max(0) as f64 / 1000.0;
+        let (mut conn, key, job_type) = (
+            self.conn.clone(),
+            self.keys.run_time_stats(),
+            doc.job_type.clone(),
+        );
+        tokio::spawn(async move {
+            let result: Result<i64, redis::RedisError> = SCRIPT
+                .key(key)
+                .arg(&job_type)
+                .arg(format!("{seconds:.3}"))
+                .arg(ALPHA)
+                .invoke_async(&mut conn)
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, %job_type, "could not record the run time");
+            }
+        });
     }
 }

@@ -2,6 +2,7 @@
 //! job's handler, and writes running, progress, and the outcome to Redis before acknowledging.
 //! Run as many worker processes as you like against the same queue.
 
+pub mod cancel;
 pub mod consumer;
 pub mod context;
 pub mod dead_letters;
@@ -9,6 +10,7 @@ pub mod job_store;
 pub mod jobs;
 pub mod process;
 pub mod startup;
+pub mod webhook;
 
 pub use context::JobContext;
 pub use jobs::{JobFailure, Registry};

@@ -26,11 +26,12 @@ use lapin::Channel;
 use shared::configuration::{AmqpSettings, JobSettings, Limits};
 use shared::job_types;
 use shared::message::MESSAGE_VERSION;
-use shared::publish::publish_confirmed;
+use shared::publish::{publish_confirmed, Outgoing};
 use shared::topology;
 use shared::{JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument};
 use tracing::Instrument;
 
+use crate::cancel::Cancels;
 use crate::context::JobContext;
 use crate::job_store::{JobStore, StoreError, Transition};
 use crate::jobs::{JobFailure, Registry};
@@ -53,6 +54,10 @@ pub struct Processor {
     /// Messages of the leased jobs running now (already acknowledged), so that a shutdown
     /// that cannot wait for them can put them back on the queue at once.
     pub leased: Arc<Mutex<HashMap<JobId, Vec<u8>>>>,
+    /// Cancellation tokens of the jobs running now.
+    pub cancels: Cancels,
+    /// Delivers the callbacks of jobs that reached a terminal state.
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 /// What is left to tell the broker about a delivery.
@@ -73,6 +78,15 @@ enum Outcome {
     Failed(JobFailure),
     /// The handler panicked: the job fails and its message is dead-lettered.
     Panicked(String),
+    /// A client canceled the job while it ran.
+    Canceled,
+}
+
+/// The delivery being handled, as far as `finish` needs it.
+#[derive(Clone, Copy)]
+struct Incoming<'a> {
+    data: &'a [u8],
+    priority: u8,
 }
 
 pub fn now_ms() -> i64 {
@@ -145,6 +159,8 @@ impl Processor {
         };
         if doc.status.is_terminal() {
             tracing::info!(status = %doc.status, "job already finished; skipping redelivery");
+            // A job canceled while queued, or a callback whose worker died: send it now.
+            self.webhooks.job_finished(&doc);
             return Settle::Ack;
         }
 
@@ -185,12 +201,16 @@ impl Processor {
             percent: 0.0,
             message: String::new(),
         });
+        // Registered before the start is recorded: a cancel request published from then on
+        // reaches this token; one made earlier is reported by the start itself.
+        let cancel = self.cancels.register(id);
         match self
             .store
             .start(&running, &[JobStatus::Queued, JobStatus::Running])
             .await
         {
             Ok(Transition::Done) => {}
+            Ok(Transition::DoneCancelRequested) => cancel.cancel(),
             Ok(Transition::Refused(state)) => {
                 tracing::info!(%state, "job is no longer runnable; skipping");
                 return Settle::Ack;
@@ -222,10 +242,17 @@ impl Processor {
         }
         tracing::info!(attempt = running.attempts, leased, "job started");
 
-        let ctx = JobContext::new(running.clone(), self.store.clone(), self.progress_interval);
+        let ctx = JobContext::new(
+            running.clone(),
+            self.store.clone(),
+            self.progress_interval,
+            cancel.token(),
+        );
         let outcome = self
             .run_handler(spec.name, limits, message, ctx.clone(), leased)
             .await;
+        drop(cancel);
+        let priority = delivery.properties.priority().unwrap_or(0);
 
         let settle = self
             .finish(
@@ -233,7 +260,10 @@ impl Processor {
                 &ctx,
                 limits,
                 outcome,
-                &delivery.data,
+                Incoming {
+                    data: &delivery.data,
+                    priority,
+                },
                 publisher,
                 leased,
             )
@@ -267,6 +297,7 @@ impl Processor {
         ctx: JobContext,
         leased: bool,
     ) -> Outcome {
+        let canceled = ctx.cancel_token();
         let Some(run) = self.registry.run(job_type, message.input, ctx) else {
             return Outcome::Failed(JobFailure::permanent("no handler"));
         };
@@ -277,6 +308,9 @@ impl Processor {
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
+                // A cancel request stops the handler at its next await point (handlers may
+                // also watch `JobContext::cancelled` to clean up first).
+                _ = canceled.cancelled() => return Outcome::Canceled,
                 _ = tokio::time::sleep(renew_every), if leased => {
                     let until = now_ms() + self.lease.as_millis() as i64;
                     if let Err(e) = self.store.renew_lease(&message.id, until).await {
@@ -308,7 +342,7 @@ impl Processor {
         ctx: &JobContext,
         limits: Limits,
         outcome: Outcome,
-        raw: &[u8],
+        incoming: Incoming<'_>,
         publisher: &Channel,
         leased: bool,
     ) -> Settle {
@@ -333,7 +367,7 @@ impl Processor {
             },
             Outcome::Failed(failure) if failure.retryable && doc.attempts < limits.max_attempts => {
                 return self
-                    .schedule_retry(doc, failure, raw, publisher, leased)
+                    .schedule_retry(doc, failure, incoming, publisher, leased)
                     .await;
             }
             Outcome::Failed(mut failure) => {
@@ -347,6 +381,10 @@ impl Processor {
                 }
                 doc.status = JobStatus::Failed;
                 doc.error = Some(failure.to_error());
+                (None, Settle::Ack)
+            }
+            Outcome::Canceled => {
+                doc.status = JobStatus::Canceled;
                 (None, Settle::Ack)
             }
             Outcome::Panicked(message) => {
@@ -364,6 +402,8 @@ impl Processor {
         match self.store_outcome(&doc, result.as_deref()).await {
             Ok(()) => {
                 tracing::info!(status = %doc.status, attempts = doc.attempts, "job finished");
+                self.store.record_run_time(&doc);
+                self.webhooks.job_finished(&doc);
                 settle
             }
             Err(e) => {
@@ -379,7 +419,7 @@ impl Processor {
         &self,
         mut doc: StatusDocument,
         failure: JobFailure,
-        raw: &[u8],
+        incoming: Incoming<'_>,
         publisher: &Channel,
         leased: bool,
     ) -> Settle {
@@ -397,7 +437,7 @@ impl Processor {
             .transition(&doc, &[JobStatus::Running], None)
             .await
         {
-            Ok(Transition::Done) => {}
+            Ok(Transition::Done | Transition::DoneCancelRequested) => {}
             Ok(Transition::Refused(state)) => {
                 tracing::info!(%state, "job changed state while running; no retry");
                 return Settle::Ack;
@@ -410,7 +450,10 @@ impl Processor {
         let queue = topology::retry_queue(&self.amqp.queue, step);
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         let id = doc.id.to_string();
-        match publish_confirmed(publisher, &queue, &id, raw, Some(delay_ms), timeout).await {
+        let outgoing = Outgoing::new(&id, incoming.data)
+            .expiration_ms(delay_ms)
+            .priority(incoming.priority);
+        match publish_confirmed(publisher, &queue, outgoing, timeout).await {
             Ok(()) => {
                 tracing::info!(attempt = doc.attempts, delay_ms, error = %failure, "attempt failed; retry scheduled");
                 Settle::Ack
@@ -438,7 +481,7 @@ impl Processor {
                 .transition(doc, &[JobStatus::Running], result)
                 .await
             {
-                Ok(Transition::Done) => return Ok(()),
+                Ok(Transition::Done | Transition::DoneCancelRequested) => return Ok(()),
                 Ok(Transition::Refused(state)) => {
                     // Another writer finished (or canceled) it first: its state stands.
                     tracing::info!(%state, "job changed state while running; outcome discarded");
@@ -462,7 +505,10 @@ impl Processor {
         doc.error = Some(failure.to_error());
         let from = [JobStatus::Queued, JobStatus::Running];
         match self.store.transition(&doc, &from, None).await {
-            Ok(_) => Settle::DeadLetter,
+            Ok(_) => {
+                self.webhooks.job_finished(&doc);
+                Settle::DeadLetter
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot mark the job failed; requeueing");
                 Settle::Requeue
@@ -497,8 +543,13 @@ impl Processor {
     async fn publish_dead_letter(&self, id: &JobId, raw: &[u8], publisher: &Channel) {
         let queue = topology::dead_letter_queue(&self.amqp.queue);
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
-        if let Err(e) =
-            publish_confirmed(publisher, &queue, &id.to_string(), raw, None, timeout).await
+        if let Err(e) = publish_confirmed(
+            publisher,
+            &queue,
+            Outgoing::new(&id.to_string(), raw),
+            timeout,
+        )
+        .await
         {
             tracing::warn!(error = %e, "cannot dead-letter the message (the job is failed)");
         }
@@ -516,9 +567,8 @@ impl Processor {
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         for (id, message) in jobs {
             let key = id.to_string();
-            match publish_confirmed(publisher, &self.amqp.queue, &key, &message, None, timeout)
-                .await
-            {
+            let outgoing = Outgoing::new(&key, &message);
+            match publish_confirmed(publisher, &self.amqp.queue, outgoing, timeout).await {
                 Ok(()) => {
                     tracing::info!(job_id = %id, "unfinished leased job put back on the queue");
                     if let Err(e) = self.store.end_lease(&id).await {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use shared::Settings;
 use tokio::sync::watch;
 
+use crate::cancel::Cancels;
 use crate::consumer::Consumer;
 use crate::job_store::{JobStore, StoreError};
 use crate::jobs::Registry;
@@ -40,6 +41,7 @@ pub async fn run(
         );
     }
     let store = JobStore::new(&settings.redis, &settings.jobs, id.clone())?;
+    let webhooks = crate::webhook::Webhooks::new(&settings);
     let processor = Processor {
         store,
         registry,
@@ -48,7 +50,14 @@ pub async fn run(
         progress_interval: Duration::from_millis(settings.worker.progress_interval_ms),
         lease: Duration::from_secs(settings.worker.lease_seconds),
         leased: Default::default(),
+        cancels: Cancels::default(),
+        webhooks: webhooks.clone(),
     };
+    tokio::spawn(processor.cancels.clone().listen(
+        settings.redis.clone(),
+        processor.store.cancel_channel(),
+        shutdown.clone(),
+    ));
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {
         amqp: settings.amqp,
@@ -58,6 +67,7 @@ pub async fn run(
     }
     .run(shutdown)
     .await;
+    webhooks.drain().await;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -4,12 +4,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use shared::{JobId, JobStatus, StatusDocument};
 
 use crate::error::ApiError;
-use crate::job_response::{result_answer, status_answer};
+use crate::job_response::{etag, result_answer, status_answer};
+use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
 use crate::startup::AppState;
 use crate::status_store::Lookup;
 
 /// A path id that does not parse names no job: 404, and nothing reaches Redis.
-fn parse_id(raw: &str) -> Result<JobId, ApiError> {
+pub fn parse_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::JobNotFound)
 }
 
@@ -35,14 +36,31 @@ pub async fn status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let bytes = found(state.store.document(&id).await?)?;
-    let doc = decode(&bytes)?;
-    Ok(status_answer(
-        &req,
-        &doc,
-        bytes,
-        &state.settings.retry_after,
-    ))
+    let wait = prefer_wait(&req, state.settings.http.max_wait_seconds);
+    // A long-poll subscribes before it reads, so no change falls in between.
+    let watch = match wait {
+        Some(_) => state.notifier.watch(&id).await.ok(),
+        None => None,
+    };
+    let mut bytes = found(state.store.document(&id).await?)?;
+    let mut doc = decode(&bytes)?;
+    let mut applied = None;
+    if let (Some(wait), Some(watch)) = (wait, watch) {
+        // Wait only if the client has seen this state: a stale If-None-Match, or none at
+        // all, compares against the state as it is now.
+        let seen = if_none_match_is_stale(&req, &bytes);
+        if !doc.status.is_terminal() && !seen {
+            bytes = wait_for(&state, &id, watch, Until::StatusChanges(doc.status), wait).await?;
+            doc = decode(&bytes)?;
+        }
+        applied = Some(wait);
+    }
+    let retry = state.estimates.policy_for(&doc).await;
+    let mut response = status_answer(&req, &doc, bytes, &retry);
+    if let Some(wait) = applied {
+        mark_applied(&mut response, wait);
+    }
+    Ok(response)
 }
 
 pub async fn result(
@@ -63,7 +81,21 @@ pub async fn result(
             &req,
             &doc,
             bytes,
-            &state.settings.retry_after,
+            &state.estimates.policy_for(&doc).await,
         )),
     }
+}
+
+/// Whether the request names an ETag other than the current one in `If-None-Match`: the client
+/// is behind, so it should get the current state at once rather than wait for the next.
+fn if_none_match_is_stale(req: &HttpRequest, current: &[u8]) -> bool {
+    let tag = etag(current);
+    let given: Vec<&str> = req
+        .headers()
+        .get_all(actix_web::http::header::IF_NONE_MATCH)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .collect();
+    !given.is_empty() && !given.contains(&tag.as_str()) && !given.contains(&"*")
 }

@@ -1,6 +1,9 @@
 //! The HTTP routes, one module per resource.
 
+pub mod cancel;
+pub mod events;
 pub mod fallback;
 pub mod health;
 pub mod jobs;
+pub mod list;
 pub mod submit;

@@ -9,7 +9,9 @@ use shared::{JobId, JobMessage, StatusDocument};
 
 use crate::body::read_json;
 use crate::error::ApiError;
-use crate::job_response::{etag, retry_after};
+use crate::idempotency::{self, Claim, Idempotency};
+use crate::job_response::{etag, retry_after, status_answer};
+use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
 use crate::startup::AppState;
 use crate::submission::Submission;
 
@@ -19,33 +21,69 @@ pub async fn submit(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, state.settings.http.body_limit_bytes).await?;
-    let submission = Submission::parse(body)?;
+    let idempotency = Idempotency::from_request(&req, &body)?;
+    let submission = Submission::parse_with(body, &state.settings.webhooks)?;
 
     let id = JobId::new();
     let now = Utc::now();
-    let doc = StatusDocument::queued(id, submission.spec.name, now);
+    let doc = StatusDocument::queued(id, submission.spec.name, now)
+        .with_callback(submission.callback_url.as_deref());
     let doc_bytes = serde_json::to_vec(&doc).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let message = JobMessage::new(id, submission.spec.name, submission.input, now);
+    let message = JobMessage::new(id, submission.spec.name, submission.input, now)
+        .with_callback(submission.callback_url.clone());
     let payload =
         serde_json::to_vec(&message).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
 
-    state.store.create(&id, &doc_bytes).await?;
-    if let Err(e) = state.broker.publish(&id.to_string(), &payload).await {
+    let claim = match idempotency::claim(idempotency, &state, &id).await? {
+        Claim::Fresh(claim) => claim,
+        Claim::Replay(answer) => return Ok(answer),
+    };
+    let wait = prefer_wait(&req, state.settings.http.max_wait_seconds);
+    // Subscribed before the job exists, so even an instant job's end is seen.
+    let watch = match wait {
+        Some(_) => state.notifier.watch(&id).await.ok(),
+        None => None,
+    };
+    state
+        .store
+        .create(&id, &doc_bytes, now.timestamp_millis())
+        .await?;
+    if let Err(e) = state
+        .broker
+        .publish(&id.to_string(), &payload, submission.priority)
+        .await
+    {
         if let Err(undo) = state.store.remove(&id).await {
             // The record will expire with the retention period; say so loudly meanwhile.
             tracing::error!(job_id = %id, error = %undo, "could not remove the record of an unpublished job");
         }
+        claim.release().await;
         return Err(e.into());
     }
     tracing::info!(job_id = %id, job_type = submission.spec.name, "job queued");
+    claim.complete().await;
 
-    Ok(HttpResponse::Accepted()
+    let accepted = HttpResponse::Accepted()
         .insert_header((header::LOCATION, id.status_path()))
         .insert_header((
             header::RETRY_AFTER,
-            retry_after(&state.settings.retry_after),
+            retry_after(&state.estimates.policy_for(&doc).await),
         ))
         .insert_header((header::ETAG, etag(&doc_bytes)))
         .content_type("application/json")
-        .body(doc_bytes))
+        .body(doc_bytes);
+
+    // `Prefer: wait=N`: answer as the status monitor would once the job ends within N s.
+    let (Some(wait), Some(watch)) = (wait, watch) else {
+        return Ok(accepted);
+    };
+    let latest = wait_for(&state, &id, watch, Until::Terminal, wait).await?;
+    let mut response = match serde_json::from_slice::<StatusDocument>(&latest) {
+        Ok(doc) if doc.status.is_terminal() => {
+            status_answer(&req, &doc, latest, &state.settings.retry_after)
+        }
+        _ => accepted,
+    };
+    mark_applied(&mut response, wait);
+    Ok(response)
 }

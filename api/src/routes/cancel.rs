@@ -1,0 +1,50 @@
+//! `DELETE /v1/jobs/{id}`: cancel a job. Queued: it never starts. Running: its handler is told
+//! to stop and the job ends canceled. `202` with the status document; `200` when it was
+//! canceled already; `409` when it had finished. `DELETE` cancels, it does not forget.
+
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use serde_json::Value;
+use shared::JobStatus;
+
+use crate::cancel::Canceled;
+use crate::error::ApiError;
+use crate::problem::Problem;
+use crate::routes::jobs::parse_id;
+use crate::startup::AppState;
+
+pub async fn cancel(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let outcome = state
+        .store
+        .cancel(&id, state.settings.jobs.tombstone_seconds)
+        .await?;
+    let json = |status: StatusCode, doc: Vec<u8>| {
+        HttpResponse::build(status)
+            .insert_header((header::LOCATION, id.status_path()))
+            .content_type("application/json")
+            .body(doc)
+    };
+    Ok(match outcome {
+        Canceled::Now(doc) | Canceled::Requested(doc) => {
+            tracing::info!(job_id = %id, "cancel requested");
+            json(StatusCode::ACCEPTED, doc)
+        }
+        Canceled::AlreadyFinished(doc, JobStatus::Canceled) => json(StatusCode::OK, doc),
+        Canceled::AlreadyFinished(doc, status) => {
+            let job: Value = serde_json::from_slice(&doc).unwrap_or(Value::Null);
+            Problem::new(StatusCode::CONFLICT, "job-finished", "The job has finished")
+                .detail(format!(
+                    "the job has {status} and can no longer be canceled"
+                ))
+                .instance(id.status_path())
+                .extension("job", job)
+                .into_response()
+        }
+        Canceled::Missing => return Err(ApiError::JobNotFound),
+    })
+}
