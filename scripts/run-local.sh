@@ -96,7 +96,8 @@ trap on_exit EXIT
 
 start api target/release/api
 for ((i = 1; i <= worker_count; i++)); do
-  start "worker-$i" target/release/worker
+  # Each worker serves its Prometheus metrics on a port of its own: 9091, 9092, ...
+  start "worker-$i" env APP__WORKER__METRICS_PORT=$((9090 + i)) target/release/worker
 done
 if ((stopping)); then
   stop_children # a signal came while the processes were being started

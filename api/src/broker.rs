@@ -146,7 +146,9 @@ impl Broker {
         let channel = self.channel().await?;
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
         let outgoing = Outgoing::new(message_id, payload).priority(priority);
+        let started = std::time::Instant::now();
         let result = publish_confirmed(&channel, &self.settings.queue, outgoing, timeout).await;
+        crate::metrics::PUBLISH_CONFIRM.observe(started.elapsed().as_secs_f64());
         if let Err(PublishError::Returned(_)) = &result {
             // Unroutable: most likely the queue was deleted. Declare it again before the
             // next publish so the facade heals by itself.

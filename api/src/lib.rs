@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod io;
 pub mod job_response;
 pub mod long_poll;
+pub mod metrics;
 pub mod notifier;
 pub mod problem;
 pub mod routes;

@@ -52,6 +52,7 @@ pub struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
+        crate::metrics::OPEN_WAITS.dec();
         let last = {
             let Ok(mut entries) = self.notifier.inner.entries.lock() else {
                 return;
@@ -111,6 +112,7 @@ impl Notifier {
             entry.watchers += 1;
             (entry.sender.subscribe(), entry.subscribed.clone())
         };
+        crate::metrics::OPEN_WAITS.inc();
         let watch = Watch {
             changes,
             channel: channel.clone(),

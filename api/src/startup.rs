@@ -53,6 +53,7 @@ impl Application {
 
     pub fn with_listener(settings: Settings, listener: TcpListener) -> Result<Self, StartupError> {
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        crate::metrics::init();
         let (io, io_runtime) = Io::start().map_err(StartupError::Server)?;
         let store = StatusStore::new(&settings.redis, &settings.jobs, io.clone())?;
         let broker = Broker::new(settings.amqp.clone(), io.clone());
@@ -86,6 +87,7 @@ impl Application {
                 .app_data(web::PayloadConfig::new(body_limit))
                 .wrap(ErrorHandlers::new().default_handler(fallback::problem_for_bare_errors))
                 .wrap(Logger::new("%r %s %Dms").log_target("access"))
+                .wrap_fn(crate::routes::metrics::record)
                 .service(
                     web::resource("/v1/jobs")
                         .route(web::post().to(submit::submit))
@@ -116,6 +118,11 @@ impl Application {
                 .service(
                     web::resource("/readyz")
                         .route(web::get().to(health::readyz))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .service(
+                    web::resource("/metrics")
+                        .route(web::get().to(crate::routes::metrics::metrics))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
                 .default_service(web::to(fallback::not_found))

@@ -69,6 +69,7 @@ impl StatusStore {
         Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
         T: Send + 'static,
     {
+        let _timer = crate::metrics::REDIS_DURATION.start_timer();
         self.io.run(op(self.clone())).await?
     }
 

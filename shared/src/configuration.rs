@@ -141,6 +141,8 @@ impl RetryAfterSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub concurrency: usize,
+    pub metrics_host: String,
+    pub metrics_port: u16,
     pub lease_seconds: u64,
     pub progress_interval_ms: u64,
     pub shutdown_grace_seconds: u64,

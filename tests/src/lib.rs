@@ -29,9 +29,9 @@ fn bin_dir() -> &'static Path {
             .parent()
             .expect("workspace");
         let mut build = Command::new(cargo);
-        build
-            .current_dir(workspace)
-            .args(["build", "--quiet", "-p", "api", "-p", "worker", "--bins"]);
+        build.current_dir(workspace).args([
+            "build", "--quiet", "-p", "api", "-p", "worker", "-p", "client", "--bins",
+        ]);
         // Cargo hands the test its own CARGO_* variables; passed on, they change the build's
         // fingerprints and make every run rebuild.
         for (key, _) in std::env::vars() {
@@ -48,6 +48,11 @@ fn bin_dir() -> &'static Path {
             .expect("target dir")
             .to_path_buf()
     })
+}
+
+/// The path of a binary of the workspace (`api`, `worker`, `arr`), built for this test run.
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
 }
 
 fn log_dir() -> PathBuf {
@@ -183,6 +188,9 @@ impl Stack {
             .env("APP__LOG__FORMAT", "json")
             .env("APP__WORKER__SHUTDOWN_GRACE_SECONDS", "2")
             .env("APP__HTTP__SHUTDOWN_GRACE_SECONDS", "1")
+            // Parallel tests' workers would fight over one metrics port; a test that wants
+            // worker metrics sets a port of its own.
+            .env("APP__WORKER__METRICS_PORT", "0")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out)

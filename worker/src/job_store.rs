@@ -148,6 +148,7 @@ impl JobStore {
             0
         };
         let mut conn = self.conn.clone();
+        let _timer = crate::metrics::REDIS_DURATION.start_timer();
         let outcome: String = self
             .script
             .key(self.keys.job(&doc.id))

@@ -8,6 +8,7 @@ pub mod context;
 pub mod dead_letters;
 pub mod job_store;
 pub mod jobs;
+pub mod metrics;
 pub mod process;
 pub mod startup;
 pub mod webhook;

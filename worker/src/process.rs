@@ -35,6 +35,7 @@ use crate::cancel::Cancels;
 use crate::context::JobContext;
 use crate::job_store::{JobStore, StoreError, Transition};
 use crate::jobs::{JobFailure, Registry};
+use crate::metrics;
 
 /// How long a terminal write is retried (with back-off) before the message is requeued.
 const STORE_PATIENCE: Duration = Duration::from_secs(60);
@@ -241,6 +242,9 @@ impl Processor {
             }
         }
         tracing::info!(attempt = running.attempts, leased, "job started");
+        metrics::STARTED.with_label_values(&[spec.name]).inc();
+        metrics::IN_FLIGHT.inc();
+        let run_started = Instant::now();
 
         let ctx = JobContext::new(
             running.clone(),
@@ -252,6 +256,10 @@ impl Processor {
             .run_handler(spec.name, limits, message, ctx.clone(), leased)
             .await;
         drop(cancel);
+        metrics::IN_FLIGHT.dec();
+        metrics::RUN_TIME
+            .with_label_values(&[spec.name])
+            .observe(run_started.elapsed().as_secs_f64());
         let priority = delivery.properties.priority().unwrap_or(0);
 
         let settle = self
@@ -402,6 +410,7 @@ impl Processor {
         match self.store_outcome(&doc, result.as_deref()).await {
             Ok(()) => {
                 tracing::info!(status = %doc.status, attempts = doc.attempts, "job finished");
+                count_outcome(&doc, settle == Settle::DeadLetter);
                 self.store.record_run_time(&doc);
                 self.webhooks.job_finished(&doc);
                 settle
@@ -456,6 +465,9 @@ impl Processor {
         match publish_confirmed(publisher, &queue, outgoing, timeout).await {
             Ok(()) => {
                 tracing::info!(attempt = doc.attempts, delay_ms, error = %failure, "attempt failed; retry scheduled");
+                metrics::RETRIED
+                    .with_label_values(&[doc.job_type.as_str()])
+                    .inc();
                 Settle::Ack
             }
             Err(e) => {
@@ -507,6 +519,7 @@ impl Processor {
         match self.store.transition(&doc, &from, None).await {
             Ok(_) => {
                 self.webhooks.job_finished(&doc);
+                count_outcome(&doc, true);
                 Settle::DeadLetter
             }
             Err(e) => {
@@ -535,6 +548,7 @@ impl Processor {
                 }
             }
         }
+        metrics::DEAD_LETTERED.with_label_values(&["unknown"]).inc();
         Settle::DeadLetter
     }
 
@@ -579,6 +593,27 @@ impl Processor {
                 Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot put a leased job back"),
             }
         }
+    }
+}
+
+/// Counts a stored terminal outcome.
+fn count_outcome(doc: &StatusDocument, dead_lettered: bool) {
+    let job_type = doc.job_type.as_str();
+    match doc.status {
+        JobStatus::Succeeded => metrics::SUCCEEDED.with_label_values(&[job_type]).inc(),
+        JobStatus::Canceled => metrics::CANCELED.with_label_values(&[job_type]).inc(),
+        JobStatus::Failed => {
+            let kind = doc
+                .error
+                .as_ref()
+                .map(|e| e.kind.slug())
+                .unwrap_or("unknown");
+            metrics::FAILED.with_label_values(&[job_type, kind]).inc()
+        }
+        JobStatus::Queued | JobStatus::Running => {}
+    }
+    if dead_lettered {
+        metrics::DEAD_LETTERED.with_label_values(&[job_type]).inc();
     }
 }
 

@@ -58,6 +58,14 @@ pub async fn run(
         processor.store.cancel_channel(),
         shutdown.clone(),
     ));
+    crate::metrics::init();
+    if settings.worker.metrics_port != 0 {
+        let address = format!(
+            "{}:{}",
+            settings.worker.metrics_host, settings.worker.metrics_port
+        );
+        tokio::spawn(crate::metrics::serve(address, shutdown.clone()));
+    }
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {
         amqp: settings.amqp,

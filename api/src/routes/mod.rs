@@ -6,4 +6,5 @@ pub mod fallback;
 pub mod health;
 pub mod jobs;
 pub mod list;
+pub mod metrics;
 pub mod submit;

@@ -61,6 +61,9 @@ pub async fn submit(
         return Err(e.into());
     }
     tracing::info!(job_id = %id, job_type = submission.spec.name, "job queued");
+    crate::metrics::JOBS_SUBMITTED
+        .with_label_values(&[submission.spec.name])
+        .inc();
     claim.complete().await;
 
     let accepted = HttpResponse::Accepted()

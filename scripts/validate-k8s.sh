@@ -1,0 +1,570 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests in deploy/ (the kustomize base and every overlay).
+#
+#   bash scripts/validate-k8s.sh
+#
+# 1. Renders every directory under deploy/ that holds a kustomization.yaml, with
+#    `kubectl kustomize` when kubectl is installed, and always with a small built-in renderer
+#    (below) that supports exactly the kustomize features deploy/ uses. When both ran, their
+#    outputs must be the same objects, so the built-in one is known to be right when kubectl
+#    is missing. A feature the built-in renderer does not know is an error, not a guess.
+# 2. Validates every rendered object against the Kubernetes JSON schemas shipped in the PyPI
+#    package kubernetes-validate (offline), strictly (unknown fields are errors), for each
+#    Kubernetes version in K8S_VERSIONS. KEDA's ScaledObject and TriggerAuthentication are
+#    not in those schemas: they are checked against minimal schemas of their required fields
+#    written here. Any other kind without a schema is an error.
+# 3. Checks what no schema can: selectors match the pod labels, referenced objects, ports
+#    and secret keys exist, the KEDA queue is the configured queue, the grace periods cover
+#    the drains, and the pods' security settings.
+#
+# Exits non-zero on the first directory with a problem (after listing all its problems).
+# Python packages go into a virtualenv under target/ (created once, reused afterwards).
+#
+# Environment: K8S_VERSIONS (default "1.30 1.37"), K8S_VALIDATE_VENV (default
+# target/k8s-validate-venv), K8S_RENDERER=builtin to skip kubectl.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+KUBERNETES_VALIDATE_VERSION=1.37.0
+VENV=${K8S_VALIDATE_VENV:-target/k8s-validate-venv}
+export K8S_VERSIONS=${K8S_VERSIONS:-"1.30 1.37"}
+
+have_deps() {
+  "$1" - "$KUBERNETES_VALIDATE_VERSION" <<'EOF' >/dev/null 2>&1
+import sys
+import jsonschema, yaml, kubernetes_validate.version as v
+sys.exit(0 if v.__version__ == sys.argv[1] else 1)
+EOF
+}
+
+PY="$VENV/bin/python"
+if [ -x "$PY" ] && have_deps "$PY"; then
+  :
+else
+  echo "installing kubernetes-validate==$KUBERNETES_VALIDATE_VERSION and pyyaml into $VENV"
+  # A virtualenv left by another Python or another pin is made anew.
+  if [ -f "$VENV/pyvenv.cfg" ]; then rm -rf "$VENV"; fi
+  mkdir -p "$(dirname "$VENV")"
+  python3 -m venv "$VENV"
+  "$PY" -m pip install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" pyyaml
+  have_deps "$PY" || { echo "error: kubernetes-validate did not install into $VENV" >&2; exit 1; }
+fi
+
+KUBECTL=""
+if [ "${K8S_RENDERER:-}" != builtin ] && command -v kubectl >/dev/null 2>&1 \
+   && kubectl kustomize --help >/dev/null 2>&1; then
+  KUBECTL=$(command -v kubectl)
+fi
+export KUBECTL
+
+exec "$PY" - <<'PYEOF'
+import base64, copy, json, os, re, subprocess, sys
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path("deploy")
+VERSIONS = os.environ["K8S_VERSIONS"].split()
+KUBECTL = os.environ.get("KUBECTL") or None
+
+
+class Problem(Exception):
+    pass
+
+
+def load_yaml_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d is not None]
+
+
+# ---------------------------------------------------------------------------------------
+# Built-in renderer: the subset of kustomize that deploy/ uses.
+# ---------------------------------------------------------------------------------------
+SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "namespace", "images", "labels",
+                  "replicas", "patches", "secretGenerator", "generatorOptions"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                  "PriorityClass", "StorageClass", "PersistentVolume",
+                  "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
+                  "ClusterTriggerAuthentication"}
+POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+
+
+def unsupported(where, what):
+    raise Problem(f"{where}: the built-in renderer does not support {what}; "
+                  "extend scripts/validate-k8s.sh or keep the kustomization simpler")
+
+
+def pod_specs(obj):
+    spec = obj.get("spec") or {}
+    if obj["kind"] in POD_TEMPLATE_KINDS:
+        yield spec.get("template", {}).get("spec", {})
+    elif obj["kind"] == "CronJob":
+        yield spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
+    elif obj["kind"] == "Pod":
+        yield spec
+
+
+def merge_patch(target, patch, where):
+    """Strategic-merge patch restricted to maps (lists would need kustomize's merge keys)."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict):
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            merge_patch(target[key], value, where)
+        elif isinstance(value, list):
+            unsupported(where, f"patches containing lists (at {key!r})")
+        else:
+            target[key] = value
+
+
+def split_image(image):
+    digest = None
+    if "@" in image:
+        image, digest = image.split("@", 1)
+    name, tag = image, None
+    last = image.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = image.rsplit(":", 1)
+    return name, tag, digest
+
+
+def render_builtin(directory):
+    directory = Path(directory)
+    kfile = directory / "kustomization.yaml"
+    k = load_yaml_docs(kfile)[0]
+    for key in k:
+        if key not in SUPPORTED_KEYS:
+            unsupported(kfile, f"the field {key!r}")
+    objs = []
+    for res in k.get("resources", []):
+        p = directory / res
+        if p.is_dir():
+            objs += render_builtin(p)
+        elif p.is_file():
+            objs += load_yaml_docs(p)
+        else:
+            raise Problem(f"{kfile}: resource {res!r} not found")
+
+    options = k.get("generatorOptions") or {}
+    for key in options:
+        if key != "disableNameSuffixHash":
+            unsupported(kfile, f"generatorOptions.{key}")
+    for gen in k.get("secretGenerator", []):
+        if not options.get("disableNameSuffixHash"):
+            unsupported(kfile, "generated names with a hash suffix")
+        for key in gen:
+            if key not in {"name", "envs", "literals", "type"}:
+                unsupported(kfile, f"secretGenerator.{key}")
+        pairs = list(gen.get("literals", []))
+        for env in gen.get("envs", []):
+            for line in (directory / env).read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    pairs.append(line)
+        data = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise Problem(f"{kfile}: secretGenerator {gen['name']}: no '=' in {pair!r}")
+            data[key] = base64.b64encode(value.encode()).decode()
+        objs.append({"apiVersion": "v1", "kind": "Secret",
+                     "metadata": {"name": gen["name"]},
+                     "type": gen.get("type", "Opaque"), "data": data})
+
+    for entry in k.get("patches", []):
+        if set(entry) != {"path"}:
+            unsupported(kfile, "patches other than a strategic-merge file given by `path`")
+        for patch in load_yaml_docs(directory / entry["path"]):
+            where = f"{directory / entry['path']}"
+            name = patch.get("metadata", {}).get("name")
+            hits = [o for o in objs if o["kind"] == patch.get("kind")
+                    and o["apiVersion"] == patch.get("apiVersion")
+                    and o["metadata"]["name"] == name]
+            if len(hits) != 1:
+                raise Problem(f"{where}: patch target {patch.get('kind')}/{name} "
+                              f"matches {len(hits)} objects")
+            body = {key: value for key, value in patch.items()
+                    if key not in ("apiVersion", "kind")}
+            body["metadata"] = {key: value for key, value in body.get("metadata", {}).items()
+                                if key != "name"}
+            merge_patch(hits[0], body, where)
+
+    if "namespace" in k:
+        for o in objs:
+            if o["kind"] not in CLUSTER_SCOPED:
+                o["metadata"]["namespace"] = k["namespace"]
+            elif o["kind"] == "Namespace" and o["metadata"]["name"] != k["namespace"]:
+                unsupported(kfile, "a Namespace object named unlike `namespace`")
+
+    for entry in k.get("labels", []):
+        for key in entry:
+            if key not in {"pairs", "includeSelectors", "includeTemplates"}:
+                unsupported(kfile, f"labels.{key}")
+        if entry.get("includeSelectors"):
+            unsupported(kfile, "labels with includeSelectors: true")
+        for o in objs:
+            o["metadata"].setdefault("labels", {}).update(entry["pairs"])
+            if entry.get("includeTemplates") and o["kind"] in POD_TEMPLATE_KINDS:
+                tmeta = o["spec"]["template"].setdefault("metadata", {})
+                tmeta.setdefault("labels", {}).update(entry["pairs"])
+
+    for entry in k.get("images", []):
+        for key in entry:
+            if key not in {"name", "newName", "newTag", "digest"}:
+                unsupported(kfile, f"images.{key}")
+        for o in objs:
+            for ps in pod_specs(o):
+                for c in ps.get("containers", []) + ps.get("initContainers", []):
+                    name, tag, digest = split_image(c["image"])
+                    if name != entry["name"]:
+                        continue
+                    name = entry.get("newName", name)
+                    if "digest" in entry:
+                        c["image"] = f"{name}@{entry['digest']}"
+                        continue
+                    tag = entry.get("newTag", tag)
+                    c["image"] = name + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+
+    for entry in k.get("replicas", []):
+        hits = [o for o in objs if o["metadata"]["name"] == entry["name"]
+                and o["kind"] in {"Deployment", "StatefulSet", "ReplicaSet"}]
+        if not hits:
+            raise Problem(f"{kfile}: replicas: no workload named {entry['name']!r}")
+        for o in hits:
+            o["spec"]["replicas"] = entry["count"]
+    return objs
+
+
+def render_kubectl(directory):
+    out = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise Problem(f"kubectl kustomize {directory} failed:\n{out.stderr}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+
+
+def normalized(objs):
+    result = {}
+    for o in objs:
+        o = copy.deepcopy(o)
+        if o["kind"] == "Secret":
+            o["data"] = {key: base64.b64decode("".join(value.split())).decode()
+                         for key, value in (o.get("data") or {}).items()}
+        key = (o["apiVersion"], o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        if key in result:
+            raise Problem(f"two objects named {'/'.join(key)}")
+        result[key] = o
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# Minimal schemas of KEDA's custom resources (keda.sh/v1alpha1): the fields KEDA requires
+# and the types its CRDs declare, with no unknown fields at the levels spelled out here.
+# ---------------------------------------------------------------------------------------
+STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+METADATA = {"type": "object", "required": ["name"],
+            "properties": {"name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                                    "maxLength": 253},
+                           "namespace": {"type": "string"}, "labels": STR_MAP,
+                           "annotations": STR_MAP}}
+KEDA_SCHEMAS = {
+    "ScaledObject": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"}, "kind": {"const": "ScaledObject"},
+            "metadata": METADATA,
+            "spec": {
+                "type": "object", "required": ["scaleTargetRef", "triggers"],
+                "additionalProperties": False,
+                "properties": {
+                    "scaleTargetRef": {
+                        "type": "object", "required": ["name"], "additionalProperties": False,
+                        "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
+                                       "apiVersion": {"type": "string"},
+                                       "envSourceContainerName": {"type": "string"}}},
+                    "minReplicaCount": {"type": "integer", "minimum": 0},
+                    "maxReplicaCount": {"type": "integer", "minimum": 1},
+                    "idleReplicaCount": {"type": "integer", "minimum": 0},
+                    "pollingInterval": {"type": "integer", "minimum": 1},
+                    "cooldownPeriod": {"type": "integer", "minimum": 0},
+                    "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+                    "advanced": {"type": "object"},
+                    "fallback": {"type": "object", "required": ["failureThreshold", "replicas"]},
+                    "triggers": {
+                        "type": "array", "minItems": 1,
+                        "items": {
+                            "type": "object", "required": ["type", "metadata"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "type": {"type": "string"}, "name": {"type": "string"},
+                                "metadata": STR_MAP, "useCachedMetrics": {"type": "boolean"},
+                                "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                                "authenticationRef": {
+                                    "type": "object", "required": ["name"],
+                                    "additionalProperties": False,
+                                    "properties": {"name": {"type": "string"},
+                                                   "kind": {"enum": ["TriggerAuthentication",
+                                                                     "ClusterTriggerAuthentication"]}}},
+                            },
+                            "allOf": [{
+                                "if": {"properties": {"type": {"const": "rabbitmq"}}},
+                                "then": {"properties": {"metadata": {
+                                    "required": ["queueName", "mode", "value"],
+                                    "properties": {
+                                        "mode": {"enum": ["QueueLength", "MessageRate"]},
+                                        "protocol": {"enum": ["amqp", "http", "auto"]},
+                                        "value": {"pattern": r"^[0-9]+(\.[0-9]+)?$"}}}}},
+                            }],
+                        }},
+                }},
+        }},
+    "TriggerAuthentication": {
+        "type": "object", "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"}, "kind": {"const": "TriggerAuthentication"},
+            "metadata": METADATA,
+            "spec": {
+                "type": "object", "minProperties": 1,
+                "properties": {
+                    "secretTargetRef": {
+                        "type": "array", "minItems": 1,
+                        "items": {"type": "object", "required": ["parameter", "name", "key"],
+                                  "additionalProperties": False,
+                                  "properties": {"parameter": {"type": "string"},
+                                                 "name": {"type": "string"},
+                                                 "key": {"type": "string"}}}},
+                    "env": {"type": "array"}, "podIdentity": {"type": "object"},
+                    "hashiCorpVault": {"type": "object"}, "azureKeyVault": {"type": "object"},
+                    "awsSecretManager": {"type": "object"}, "gcpSecretManager": {"type": "object"},
+                    "configMapTargetRef": {"type": "array"},
+                }, "additionalProperties": False}},
+    },
+}
+
+
+def validate_schema(o):
+    """Returns what the object was validated against; raises Problem when it is invalid."""
+    kind, api = o.get("kind"), o.get("apiVersion", "")
+    if api.startswith("keda.sh/"):
+        schema = KEDA_SCHEMAS.get(kind)
+        if schema is None:
+            raise Problem(f"{kind}: no schema for the KEDA kind {kind} ({api})")
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(o), key=str)
+        if errors:
+            raise Problem("; ".join(f"{'/'.join(map(str, e.absolute_path)) or '.'}: {e.message}"
+                                    for e in errors))
+        return "minimal KEDA schema"
+    for version in VERSIONS:
+        try:
+            kubernetes_validate.validate(o, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(map(str, e.absolute_path)) or "."
+            raise Problem(f"Kubernetes {version} schema: {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            raise Problem(e.message)
+    return "Kubernetes " + ", ".join(VERSIONS) + " (strict)"
+
+
+# ---------------------------------------------------------------------------------------
+# Checks across objects.
+# ---------------------------------------------------------------------------------------
+QUANTITY = re.compile(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                      r"([eE][+-]?[0-9]+|[KMGTPE]i|[mkMGTPE])?$")
+
+
+def matches(selector, labels):
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def check_consistency(objs, is_overlay):
+    problems, notes = [], []
+    by_kind = {}
+    for o in objs:
+        by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+    deployments = by_kind.get("Deployment", {})
+    configmaps = by_kind.get("ConfigMap", {})
+    secrets = by_kind.get("Secret", {})
+    config = configmaps.get("arr-config", {}).get("data", {})
+
+    def grace(key):
+        return int(config.get(key, "30"))
+
+    def secret_key(name, key, optional, where):
+        if name not in secrets:
+            if is_overlay and not optional:
+                problems.append(f"{where}: Secret {name!r} is not rendered")
+            elif not optional:
+                notes.append(f"{where} needs Secret {name}/{key}, provided outside the base")
+            return
+        if key not in (secrets[name].get("data") or {}) and not optional:
+            problems.append(f"{where}: Secret {name!r} has no key {key!r}")
+
+    for name, d in deployments.items():
+        where = f"Deployment/{name}"
+        template = d["spec"]["template"]
+        tlabels = template.get("metadata", {}).get("labels", {})
+        if not matches(d["spec"]["selector"].get("matchLabels", {}), tlabels):
+            problems.append(f"{where}: selector does not match the pod template's labels")
+        ps = template["spec"]
+        sc = ps.get("securityContext", {})
+        if sc.get("runAsNonRoot") is not True or sc.get("runAsUser") != 10001:
+            problems.append(f"{where}: pods must run as non-root uid 10001 (the image's user)")
+        for c in ps["containers"]:
+            cw = f"{where} container {c['name']}"
+            csc = c.get("securityContext", {})
+            if not (csc.get("readOnlyRootFilesystem") is True
+                    and csc.get("allowPrivilegeEscalation") is False
+                    and "ALL" in csc.get("capabilities", {}).get("drop", [])):
+                problems.append(f"{cw}: needs readOnlyRootFilesystem, no privilege escalation "
+                                "and capabilities drop ALL")
+            if "requests" not in c.get("resources", {}) or "limits" not in c.get("resources", {}):
+                problems.append(f"{cw}: needs resource requests and limits")
+            for group in ("requests", "limits"):
+                for res, qty in c.get("resources", {}).get(group, {}).items():
+                    if not QUANTITY.match(str(qty)):
+                        problems.append(f"{cw}: resources.{group}.{res}: {qty!r} is no quantity")
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                port = c.get(probe, {}).get("httpGet", {}).get("port")
+                if port is not None and port not in ports and port not in ports.values():
+                    problems.append(f"{cw}: {probe} uses port {port!r}, not a container port")
+            for ef in c.get("envFrom", []):
+                ref = ef.get("configMapRef") or ef.get("secretRef") or {}
+                pool = configmaps if "configMapRef" in ef else secrets
+                if ref.get("name") not in pool and not ref.get("optional"):
+                    if "configMapRef" in ef or is_overlay:
+                        problems.append(f"{cw}: envFrom names {ref.get('name')!r}, not rendered")
+            for env in c.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    secret_key(ref["name"], ref["key"], ref.get("optional", False), cw)
+            command = (c.get("command") or [""])[0]
+            prestop = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+            sleep = int(prestop[1]) if len(prestop) == 2 and prestop[0] == "sleep" else 0
+            drain = {"api": grace("APP__HTTP__SHUTDOWN_GRACE_SECONDS"),
+                     "worker": grace("APP__WORKER__SHUTDOWN_GRACE_SECONDS")}.get(command)
+            if drain is not None:
+                need = sleep + drain + 5
+                have = ps.get("terminationGracePeriodSeconds", 30)
+                if have < need:
+                    problems.append(f"{where}: terminationGracePeriodSeconds {have} < preStop "
+                                    f"sleep {sleep} + drain {drain} + 5 s margin")
+                else:
+                    notes.append(f"{where}: grace {have} s >= preStop {sleep} s + "
+                                 f"{command} drain {drain} s + 5 s")
+
+    def selected(selector, kind):
+        hits = [n for n, d in deployments.items()
+                if matches(selector, d["spec"]["template"]["metadata"].get("labels", {}))]
+        if not selector or not hits:
+            problems.append(f"{kind}: selector {selector} selects no Deployment's pods")
+        return hits
+
+    for name, s in by_kind.get("Service", {}).items():
+        for dname in selected(s["spec"].get("selector", {}), f"Service/{name}"):
+            containers = deployments[dname]["spec"]["template"]["spec"]["containers"]
+            ports = [p for c in containers for p in c.get("ports", [])]
+            for sp in s["spec"]["ports"]:
+                target = sp.get("targetPort", sp["port"])
+                if not any(target in (p.get("name"), p["containerPort"]) for p in ports):
+                    problems.append(f"Service/{name}: targetPort {target!r} is no port of "
+                                    f"Deployment/{dname}")
+    for name, p in by_kind.get("PodDisruptionBudget", {}).items():
+        selected(p["spec"]["selector"].get("matchLabels", {}), f"PodDisruptionBudget/{name}")
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+        for name, h in by_kind.get(kind, {}).items():
+            ref = h["spec"]["scaleTargetRef"]
+            if ref.get("kind", "Deployment") != "Deployment" or ref["name"] not in deployments:
+                problems.append(f"{kind}/{name}: scales {ref}, which is not rendered")
+    for name, so in by_kind.get("ScaledObject", {}).items():
+        for t in so["spec"]["triggers"]:
+            auth = t.get("authenticationRef", {}).get("name")
+            if auth and auth not in by_kind.get("TriggerAuthentication", {}):
+                problems.append(f"ScaledObject/{name}: TriggerAuthentication {auth!r} not rendered")
+            if t["type"] == "rabbitmq":
+                queue = config.get("APP__AMQP__QUEUE", "jobs")
+                if t["metadata"].get("queueName") != queue:
+                    problems.append(f"ScaledObject/{name}: queueName "
+                                    f"{t['metadata'].get('queueName')!r} is not the work queue "
+                                    f"{queue!r} (APP__AMQP__QUEUE)")
+    for name, ta in by_kind.get("TriggerAuthentication", {}).items():
+        for ref in ta["spec"].get("secretTargetRef", []):
+            secret_key(ref["name"], ref["key"], False, f"TriggerAuthentication/{name}")
+    return problems, notes
+
+
+# ---------------------------------------------------------------------------------------
+def main():
+    dirs = sorted(p.parent for p in ROOT.rglob("kustomization.yaml"))
+    if not dirs:
+        print("error: no kustomization.yaml under deploy/", file=sys.stderr)
+        return 1
+    if KUBECTL:
+        version = subprocess.run([KUBECTL, "version", "--client"], capture_output=True,
+                                 text=True).stdout.replace("\n", ", ").strip(", ")
+        print(f"renderers: kubectl kustomize ({version}) and the built-in renderer, compared")
+    else:
+        print("renderers: the built-in renderer only (kubectl not found or K8S_RENDERER=builtin)")
+    print(f"schemas: kubernetes-validate {kubernetes_validate.version.__version__}, "
+          f"Kubernetes {', '.join(VERSIONS)}, strict; KEDA kinds: minimal schemas in this script")
+    failed = False
+    for d in dirs:
+        print(f"\n--- {d}")
+        try:
+            objs = render_builtin(d)
+            if KUBECTL:
+                ours, theirs = normalized(objs), normalized(render_kubectl(d))
+                if ours != theirs:
+                    for key in sorted(set(ours) | set(theirs)):
+                        if ours.get(key) != theirs.get(key):
+                            print(f"  differs: {'/'.join(key)}\n    built-in: "
+                                  f"{json.dumps(ours.get(key), sort_keys=True)}\n    kubectl:  "
+                                  f"{json.dumps(theirs.get(key), sort_keys=True)}")
+                    raise Problem("the built-in renderer and kubectl kustomize disagree")
+                objs = render_kubectl(d)
+                print(f"  rendered {len(objs)} objects (kubectl kustomize == built-in renderer)")
+            else:
+                print(f"  rendered {len(objs)} objects (built-in renderer)")
+        except (Problem, yaml.YAMLError, OSError, KeyError, TypeError) as e:
+            print(f"  FAIL render: {e}")
+            failed = True
+            continue
+        bad = False
+        for o in objs:
+            label = f"{o.get('kind')}/{o.get('metadata', {}).get('name')}"
+            try:
+                against = validate_schema(o)
+                print(f"  ok    {label:40} {o.get('apiVersion')}: {against}")
+            except Problem as e:
+                print(f"  FAIL  {label:40} {e}")
+                bad = True
+        if bad:
+            failed = True
+            continue
+        try:
+            problems, notes = check_consistency(objs, is_overlay=(d != ROOT / "base"))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            problems, notes = [f"malformed object: {type(e).__name__}: {e}"], []
+        for n in notes:
+            print(f"  note  {n}")
+        for p in problems:
+            print(f"  FAIL  {p}")
+        if problems:
+            failed = True
+        else:
+            print("  ok    cross-object checks (selectors, references, ports, queue, grace, security)")
+    print()
+    if failed:
+        print("Kubernetes manifests: INVALID (see FAIL above)")
+        return 1
+    print(f"Kubernetes manifests: {len(dirs)} kustomizations valid")
+    return 0
+
+
+sys.exit(main())
+PYEOF
