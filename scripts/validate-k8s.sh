@@ -15,7 +15,8 @@
 #    written here. Any other kind without a schema is an error.
 # 3. Checks what no schema can: selectors match the pod labels, referenced objects, ports
 #    and secret keys exist, the KEDA queue is the configured queue, the grace periods cover
-#    the drains, and the pods' security settings.
+#    the drains, the pods' security settings, and that prometheus.io/port annotations name
+#    the port each process serves /metrics on.
 #
 # Exits non-zero on the first directory with a problem (after listing all its problems).
 # Python packages go into a virtualenv under target/ (created once, reused afterwards).
@@ -458,6 +459,41 @@ def check_consistency(objs, is_overlay):
                     notes.append(f"{where}: grace {have} s >= preStop {sleep} s + "
                                  f"{command} drain {drain} s + 5 s")
 
+        # Prometheus scrape annotations: the port must be a container port on which the
+        # process really serves /metrics (facade: its HTTP port; worker: worker.metrics_port,
+        # bound to all interfaces, since 127.0.0.1, the default, is unreachable from outside).
+        ann = template.get("metadata", {}).get("annotations") or {}
+        if ann.get("prometheus.io/scrape") == "true":
+            port = ann.get("prometheus.io/port", "")
+            path = ann.get("prometheus.io/path", "/metrics")
+            if path != "/metrics":
+                problems.append(f"{where}: prometheus.io/path {path!r}, but metrics are served "
+                                "at /metrics")
+            for c in ps["containers"]:
+                if not any(str(p["containerPort"]) == port for p in c.get("ports", [])):
+                    problems.append(f"{where}: prometheus.io/port {port!r} is no container "
+                                    f"port of {c['name']}")
+                env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+                def setting(key, default):
+                    return str(env.get(key, config.get(key, default)))
+                command = (c.get("command") or [""])[0]
+                if command == "api":
+                    serves, host = setting("APP__HTTP__PORT", "8080"), None
+                elif command == "worker":
+                    serves = setting("APP__WORKER__METRICS_PORT", "9091")
+                    host = setting("APP__WORKER__METRICS_HOST", "127.0.0.1")
+                else:
+                    continue
+                if serves != port:
+                    problems.append(f"{where}: prometheus.io/port {port!r}, but {command} "
+                                    f"serves /metrics on port {serves}")
+                elif host is not None and host not in ("0.0.0.0", "::"):
+                    problems.append(f"{where}: {command} metrics listen on {host} "
+                                    "(APP__WORKER__METRICS_HOST), unreachable for Prometheus")
+                else:
+                    notes.append(f"{where}: Prometheus scrapes {command} on :{port}{path}")
+
     def selected(selector, kind):
         hits = [n for n, d in deployments.items()
                 if matches(selector, d["spec"]["template"]["metadata"].get("labels", {}))]
@@ -557,7 +593,8 @@ def main():
         if problems:
             failed = True
         else:
-            print("  ok    cross-object checks (selectors, references, ports, queue, grace, security)")
+            print("  ok    cross-object checks (selectors, references, ports, queue, grace, "
+                  "security, metrics)")
     print()
     if failed:
         print("Kubernetes manifests: INVALID (see FAIL above)")

@@ -130,10 +130,16 @@ impl Broker {
         message_id: &str,
         payload: &[u8],
         priority: u8,
+        traceparent: &str,
     ) -> Result<(), BrokerError> {
         let (broker, message_id, payload) = (self.clone(), message_id.to_owned(), payload.to_vec());
+        let traceparent = traceparent.to_owned();
         self.io
-            .run(async move { broker.publish_here(&message_id, &payload, priority).await })
+            .run(async move {
+                broker
+                    .publish_here(&message_id, &payload, priority, &traceparent)
+                    .await
+            })
             .await?
     }
 
@@ -142,10 +148,13 @@ impl Broker {
         message_id: &str,
         payload: &[u8],
         priority: u8,
+        traceparent: &str,
     ) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
-        let outgoing = Outgoing::new(message_id, payload).priority(priority);
+        let outgoing = Outgoing::new(message_id, payload)
+            .priority(priority)
+            .traceparent(Some(traceparent));
         let started = std::time::Instant::now();
         let result = publish_confirmed(&channel, &self.settings.queue, outgoing, timeout).await;
         crate::metrics::PUBLISH_CONFIRM.observe(started.elapsed().as_secs_f64());

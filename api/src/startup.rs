@@ -110,6 +110,12 @@ impl Application {
                         .route(web::get().to(jobs::result))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
+                // TODO(auth): operators only; must require an operator API key when auth lands.
+                .service(
+                    web::resource("/v1/workers")
+                        .route(web::get().to(crate::routes::workers::list))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
                 .service(
                     web::resource("/healthz")
                         .route(web::get().to(health::healthz))

@@ -16,6 +16,7 @@ use crate::io::{Io, IoStopped};
 mod idempotency;
 pub mod index;
 mod stats;
+mod workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -146,6 +146,8 @@ pub struct WorkerSettings {
     pub lease_seconds: u64,
     pub progress_interval_ms: u64,
     pub shutdown_grace_seconds: u64,
+    /// Seconds between a worker's registry heartbeats (see `shared::fleet`).
+    pub heartbeat_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +214,9 @@ impl Settings {
         }
         if self.worker.lease_seconds < 3 {
             return bad("worker.lease_seconds must be at least 3");
+        }
+        if self.worker.heartbeat_seconds == 0 {
+            return bad("worker.heartbeat_seconds must be at least 1");
         }
         if self.jobs.retention_seconds == 0 {
             return bad("jobs.retention_seconds must be at least 1");

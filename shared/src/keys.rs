@@ -84,6 +84,18 @@ impl KeyLayout {
     pub fn run_time_stats(&self) -> String {
         format!("{}:stats", self.prefix)
     }
+
+    /// A worker's registry record (JSON, expiring after a few missed heartbeats); see
+    /// [`crate::fleet`]. `id` is the worker's own id, never request text.
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{}", self.prefix, id)
+    }
+
+    /// The worker registry: sorted set, member the worker id, score its last heartbeat (unix
+    /// milliseconds).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! configuration. Neither side depends on the other; they meet only here.
 
 pub mod configuration;
+pub mod fleet;
 pub mod job;
 pub mod job_types;
 pub mod keys;
@@ -10,6 +11,7 @@ pub mod message;
 pub mod publish;
 pub mod telemetry;
 pub mod topology;
+pub mod trace;
 pub mod webhooks;
 
 pub use configuration::Settings;

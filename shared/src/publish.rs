@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
 use crate::message::CONTENT_TYPE;
@@ -33,6 +33,8 @@ pub struct Outgoing<'a> {
     pub expiration_ms: Option<u64>,
     /// 0-9; higher runs first among queued jobs (classic queues).
     pub priority: u8,
+    /// W3C `traceparent` to carry to the consumer (an AMQP header).
+    pub traceparent: Option<&'a str>,
 }
 
 impl<'a> Outgoing<'a> {
@@ -42,7 +44,13 @@ impl<'a> Outgoing<'a> {
             payload,
             expiration_ms: None,
             priority: 0,
+            traceparent: None,
         }
+    }
+
+    pub fn traceparent(mut self, traceparent: Option<&'a str>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     pub fn priority(mut self, priority: u8) -> Self {
@@ -74,6 +82,14 @@ pub async fn publish_confirmed(
     if outgoing.priority > 0 {
         properties = properties.with_priority(outgoing.priority);
     }
+    if let Some(traceparent) = outgoing.traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from(crate::trace::HEADER),
+            AMQPValue::LongString(LongString::from(traceparent)),
+        );
+        properties = properties.with_headers(headers);
+    }
     let payload = outgoing.payload;
     let publish = async {
         let confirm = channel
@@ -99,5 +115,15 @@ pub async fn publish_confirmed(
         }
         Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
         Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::ConfirmsOff),
+    }
+}
+
+/// The `traceparent` header of a delivered message, if it has one.
+pub fn traceparent_of(properties: &BasicProperties) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(crate::trace::HEADER)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
     }
 }

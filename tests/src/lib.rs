@@ -218,6 +218,11 @@ impl Stack {
         )
     }
 
+    /// The log file of a process of this stack: `api`, `worker1`, `worker2`, …
+    pub fn log_file(&self, label: &str) -> PathBuf {
+        log_dir().join(format!("{}-{label}.log", self.name))
+    }
+
     /// Starts one more worker on the same queue.
     pub fn add_worker(&mut self) {
         let label = format!("worker{}", self.workers.len() + 1);
@@ -474,7 +479,9 @@ impl Stack {
             .expect("redis connection")
     }
 
-    /// Every Redis key under this stack's prefix.
+    /// Every Redis key under this stack's prefix, except the worker fleet registry's
+    /// (`<prefix>:worker:<id>`, `<prefix>:workers`), which running workers keep whatever a test
+    /// does.
     pub async fn redis_keys(&self) -> Vec<String> {
         let mut conn = self.redis().await;
         let mut keys = Vec::new();
@@ -489,7 +496,15 @@ impl Stack {
                 .query_async(&mut conn)
                 .await
                 .expect("SCAN");
-            keys.extend(batch);
+            let fleet = [
+                format!("{}:workers", self.prefix),
+                format!("{}:worker:", self.prefix),
+            ];
+            keys.extend(
+                batch
+                    .into_iter()
+                    .filter(|k| *k != fleet[0] && !k.starts_with(&fleet[1])),
+            );
             if next == 0 {
                 return keys;
             }

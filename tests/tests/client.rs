@@ -432,11 +432,11 @@ async fn the_cli_prints_results_and_exits_with_the_outcome() {
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1);
 
-    // No /v1/workers on this server yet: its 404 problem, cleanly, exit 4.
-    let (code, out, err) = arr(&stack, &["workers"], "").await;
-    assert_eq!(code, 4, "{out}{err}");
-    assert!(err.contains("404"), "{err}");
-    assert!(!err.contains("panicked"), "{err}");
+    // workers: the fleet registry as JSON (this stack's one worker ran the jobs above).
+    let (code, out, err) = arr(&stack, &["workers", "--json"], "").await;
+    assert_eq!(code, 0, "{out}{err}");
+    let fleet: Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(fleet["workers"].as_array().expect(&out).len(), 1, "{out}");
 
     // Usage errors and a server that is not there: exit 4.
     let (code, _, _) = arr(&stack, &["submit", "echo"], "").await;

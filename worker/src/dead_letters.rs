@@ -168,7 +168,10 @@ pub async fn replay(settings: &Settings, limit: usize) -> Result<ReplayReport, D
             Transition::Done | Transition::DoneCancelRequested => {
                 let key = id.to_string();
                 let priority = delivery.properties.priority().unwrap_or(0);
-                let outgoing = Outgoing::new(&key, &delivery.data).priority(priority);
+                let traceparent = shared::publish::traceparent_of(&delivery.properties);
+                let outgoing = Outgoing::new(&key, &delivery.data)
+                    .priority(priority)
+                    .traceparent(traceparent.as_deref());
                 publish_confirmed(channel, &settings.amqp.queue, outgoing, timeout).await?;
                 report.replayed.push(id.to_string());
             }

@@ -6,6 +6,7 @@ pub mod cancel;
 pub mod consumer;
 pub mod context;
 pub mod dead_letters;
+pub mod fleet;
 pub mod job_store;
 pub mod jobs;
 pub mod metrics;

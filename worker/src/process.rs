@@ -26,8 +26,9 @@ use lapin::Channel;
 use shared::configuration::{AmqpSettings, JobSettings, Limits};
 use shared::job_types;
 use shared::message::MESSAGE_VERSION;
-use shared::publish::{publish_confirmed, Outgoing};
+use shared::publish::{publish_confirmed, traceparent_of, Outgoing};
 use shared::topology;
+use shared::trace::TraceContext;
 use shared::{JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument};
 use tracing::Instrument;
 
@@ -88,6 +89,7 @@ enum Outcome {
 struct Incoming<'a> {
     data: &'a [u8],
     priority: u8,
+    traceparent: Option<&'a str>,
 }
 
 pub fn now_ms() -> i64 {
@@ -132,7 +134,18 @@ impl Processor {
             let detail = format!("unsupported message version {}", message.v);
             return self.undecodable(&delivery.data, &detail).await;
         }
-        let span = tracing::info_span!("job", job_id = %message.id, job_type = %message.job_type);
+        // Every log line of the job carries its id and the trace id the facade started (or
+        // continued from the client's `traceparent`).
+        let trace_id = traceparent_of(&delivery.properties)
+            .and_then(|t| TraceContext::parse(&t))
+            .map(|t| t.trace_id())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "job",
+            job_id = %message.id,
+            job_type = %message.job_type,
+            trace_id = %trace_id
+        );
         self.run_job(message, delivery, publisher, received)
             .instrument(span)
             .await
@@ -261,6 +274,7 @@ impl Processor {
             .with_label_values(&[spec.name])
             .observe(run_started.elapsed().as_secs_f64());
         let priority = delivery.properties.priority().unwrap_or(0);
+        let traceparent = traceparent_of(&delivery.properties);
 
         let settle = self
             .finish(
@@ -271,6 +285,7 @@ impl Processor {
                 Incoming {
                     data: &delivery.data,
                     priority,
+                    traceparent: traceparent.as_deref(),
                 },
                 publisher,
                 leased,
@@ -461,7 +476,8 @@ impl Processor {
         let id = doc.id.to_string();
         let outgoing = Outgoing::new(&id, incoming.data)
             .expiration_ms(delay_ms)
-            .priority(incoming.priority);
+            .priority(incoming.priority)
+            .traceparent(incoming.traceparent);
         match publish_confirmed(publisher, &queue, outgoing, timeout).await {
             Ok(()) => {
                 tracing::info!(attempt = doc.attempts, delay_ms, error = %failure, "attempt failed; retry scheduled");

@@ -14,12 +14,7 @@ use crate::process::Processor;
 
 /// A name for this worker process: host, pid and a random suffix.
 pub fn worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_owned());
+    let host = crate::fleet::host_name();
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
     format!("{host}-{}-{suffix}", std::process::id())
 }
@@ -66,6 +61,7 @@ pub async fn run(
         );
         tokio::spawn(crate::metrics::serve(address, shutdown.clone()));
     }
+    let fleet = crate::fleet::Fleet::start(&settings, &id, shutdown.clone());
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {
         amqp: settings.amqp,
@@ -75,6 +71,8 @@ pub async fn run(
     }
     .run(shutdown)
     .await;
+    // Leave the fleet registry before exiting (its jobs are drained by now).
+    fleet.stop().await;
     webhooks.drain().await;
     tracing::info!("worker stopped");
     Ok(())

@@ -8,3 +8,4 @@ pub mod jobs;
 pub mod list;
 pub mod metrics;
 pub mod submit;
+pub mod workers;

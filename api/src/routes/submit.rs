@@ -5,6 +5,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
+use shared::trace::TraceContext;
 use shared::{JobId, JobMessage, StatusDocument};
 
 use crate::body::read_json;
@@ -24,6 +25,14 @@ pub async fn submit(
     let idempotency = Idempotency::from_request(&req, &body)?;
     let submission = Submission::parse_with(body, &state.settings.webhooks)?;
 
+    // Continue the caller's trace if it sent one, else start one; the worker continues it.
+    let trace = req
+        .headers()
+        .get(shared::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse)
+        .map(|t| t.child())
+        .unwrap_or_else(TraceContext::new_root);
     let id = JobId::new();
     let now = Utc::now();
     let doc = StatusDocument::queued(id, submission.spec.name, now)
@@ -50,7 +59,12 @@ pub async fn submit(
         .await?;
     if let Err(e) = state
         .broker
-        .publish(&id.to_string(), &payload, submission.priority)
+        .publish(
+            &id.to_string(),
+            &payload,
+            submission.priority,
+            &trace.to_string(),
+        )
         .await
     {
         if let Err(undo) = state.store.remove(&id).await {
@@ -60,7 +74,12 @@ pub async fn submit(
         claim.release().await;
         return Err(e.into());
     }
-    tracing::info!(job_id = %id, job_type = submission.spec.name, "job queued");
+    tracing::info!(
+        job_id = %id,
+        job_type = submission.spec.name,
+        trace_id = %trace.trace_id(),
+        "job queued"
+    );
     crate::metrics::JOBS_SUBMITTED
         .with_label_values(&[submission.spec.name])
         .inc();

@@ -1,0 +1,20 @@
+//! `GET /v1/workers`: the live workers of the fleet registry, sorted by id (see
+//! `shared::fleet`): `{"workers": [{"id", "host", "pid", "version", "queue", "concurrency",
+//! "in_flight", "jobs_done", "state", "heartbeat_seconds", "started_at", "last_seen"}, …]}`.
+//!
+//! TODO(auth): operators only. There is no authentication yet; when API keys land this route
+//! must require an operator key (it reveals host names, pids and versions).
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let workers = state.store.live_workers().await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "private, no-cache"))
+        .json(json!({ "workers": workers })))
+}

@@ -1,0 +1,78 @@
+//! Reading the worker fleet registry that workers keep in Redis (see `shared::fleet`).
+
+use std::sync::LazyLock;
+
+use shared::fleet::{is_fresh, WorkerRecord};
+
+use super::{StatusStore, StoreError};
+
+/// Registry entries read at most per request (a fleet is far smaller).
+const MAX_WORKERS: isize = 1000;
+
+/// Removes the given members (ARGV: id, score, …) only if their score is still the one read:
+/// a worker that beat again meanwhile keeps its place.
+static PRUNE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+for i = 1, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 0
+",
+    )
+});
+
+impl StatusStore {
+    /// The live workers, sorted by id. Members whose heartbeat is stale (more than three of
+    /// their heartbeat intervals old) or whose record expired are pruned from the registry.
+    pub async fn live_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
+        self.on_io(|store| async move {
+            let mut conn = store.conn.clone();
+            let registry = store.keys.workers();
+            let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
+                .arg(&registry)
+                .arg(0)
+                .arg(MAX_WORKERS - 1)
+                .arg("WITHSCORES")
+                .query_async(&mut conn)
+                .await?;
+            if members.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys: Vec<String> = members
+                .iter()
+                .map(|(id, _)| store.keys.worker(id))
+                .collect();
+            let records: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let mut live = Vec::new();
+            let mut stale = Vec::new();
+            for ((id, last_ms), record) in members.into_iter().zip(records) {
+                let record = record.and_then(|r| serde_json::from_str::<WorkerRecord>(&r).ok());
+                match record {
+                    Some(record) if is_fresh(last_ms, record.heartbeat_seconds, now_ms) => {
+                        live.push(record)
+                    }
+                    _ => stale.push((id, last_ms)),
+                }
+            }
+            if !stale.is_empty() {
+                let mut prune = PRUNE.prepare_invoke();
+                prune.key(&registry);
+                for (id, last_ms) in &stale {
+                    prune.arg(id).arg(*last_ms);
+                }
+                if let Err(e) = prune.invoke_async::<()>(&mut conn).await {
+                    tracing::warn!(error = %e, "cannot prune the worker registry");
+                }
+            }
+            live.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(live)
+        })
+        .await
+    }
+}

@@ -1,0 +1,60 @@
+//! The worker fleet registry: what each worker writes about itself in Redis on every
+//! heartbeat, and how the facade decides who is alive.
+//!
+//! Layout (see also [`crate::KeyLayout`]):
+//! - `{prefix}:worker:<id>`: the worker's [`WorkerRecord`] as JSON, with a TTL of
+//!   [`TTL_HEARTBEATS`] heartbeats, so a worker that dies without deregistering disappears.
+//! - `{prefix}:workers`: sorted set, member the worker id, score its last heartbeat (unix ms).
+//!
+//! Both are written in one transaction on every heartbeat and removed together on a graceful
+//! shutdown.
+
+use serde::{Deserialize, Serialize};
+
+/// A worker is live while its last heartbeat is at most this many heartbeat intervals old.
+pub const TTL_HEARTBEATS: u64 = 3;
+
+/// What a worker tells about itself (served as is by `GET /v1/workers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// The worker binary's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The queue it consumes.
+    pub queue: String,
+    /// Jobs it runs at once at most.
+    pub concurrency: usize,
+    /// Jobs running in it now.
+    pub in_flight: i64,
+    /// Job runs it ended (succeeded, failed or canceled) since it started.
+    pub jobs_done: u64,
+    /// `running`, or `draining` once it was told to stop.
+    pub state: String,
+    /// Seconds between its heartbeats.
+    pub heartbeat_seconds: u64,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339: the time of the heartbeat that wrote this record.
+    pub last_seen: String,
+}
+
+/// Whether a heartbeat at `last_ms` of a worker beating every `heartbeat_seconds` is still
+/// fresh at `now_ms`.
+pub fn is_fresh(last_ms: i64, heartbeat_seconds: u64, now_ms: i64) -> bool {
+    let window = (heartbeat_seconds.max(1) * TTL_HEARTBEATS * 1000) as i64;
+    now_ms.saturating_sub(last_ms) <= window
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_window_is_three_heartbeats() {
+        assert!(is_fresh(10_000, 5, 25_000));
+        assert!(!is_fresh(10_000, 5, 25_001));
+        assert!(is_fresh(10_000, 0, 13_000));
+    }
+}

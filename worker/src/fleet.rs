@@ -1,0 +1,192 @@
+//! The worker's entry in the fleet registry (`GET /v1/workers` on the facade): a heartbeat
+//! every `worker.heartbeat_seconds` writes this worker's [`WorkerRecord`] to
+//! `{prefix}:worker:<id>` (expiring after three heartbeats) and its heartbeat time to the
+//! sorted set `{prefix}:workers`; a graceful shutdown removes both. Registry trouble (Redis
+//! down) is logged, never fatal: the worker goes on running jobs.
+
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use prometheus::core::Collector;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use shared::fleet::{WorkerRecord, TTL_HEARTBEATS};
+use shared::{KeyLayout, Settings};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::metrics;
+
+/// The running heartbeat; [`Fleet::stop`] deregisters the worker.
+pub struct Fleet {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+struct Heart {
+    conn: ConnectionManager,
+    keys: KeyLayout,
+    record: WorkerRecord,
+    interval: Duration,
+}
+
+impl Fleet {
+    /// Registers the worker `id` and keeps its heartbeat until [`Fleet::stop`]. Once
+    /// `shutdown` turns true its record says `draining` (it still beats while jobs drain).
+    pub fn start(settings: &Settings, id: &str, mut shutdown: watch::Receiver<bool>) -> Fleet {
+        let interval = Duration::from_secs(settings.worker.heartbeat_seconds.max(1));
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let conn = redis::Client::open(settings.redis.url.as_str()).and_then(|client| {
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(Duration::from_millis(
+                    settings.redis.response_timeout_ms,
+                )))
+                .set_connection_timeout(Some(Duration::from_millis(
+                    settings.redis.connection_timeout_ms,
+                )))
+                .set_number_of_retries(1);
+            ConnectionManager::new_lazy_with_config(client, config)
+        });
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the fleet registry; not registering");
+                return Fleet {
+                    stop: None,
+                    task: None,
+                };
+            }
+        };
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
+        let mut heart = Heart {
+            conn,
+            keys: KeyLayout::new(settings.redis.key_prefix.clone()),
+            record: WorkerRecord {
+                id: id.to_owned(),
+                host: host_name(),
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                queue: settings.amqp.queue.clone(),
+                concurrency: settings.worker.concurrency,
+                in_flight: 0,
+                jobs_done: 0,
+                state: "running".to_owned(),
+                heartbeat_seconds: interval.as_secs(),
+                started_at: now.clone(),
+                last_seen: now,
+            },
+            interval,
+        };
+        let task = tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(heart.interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut draining = *shutdown.borrow();
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    changed = shutdown.changed(), if !draining => {
+                        draining = changed.is_err() || *shutdown.borrow();
+                        if !draining {
+                            continue;
+                        }
+                    }
+                    _ = &mut stop_rx => break,
+                }
+                if draining {
+                    heart.record.state = "draining".to_owned();
+                }
+                // A beat that hangs (Redis unreachable) must not hold up the next one or the
+                // worker's exit.
+                tokio::select! {
+                    _ = tokio::time::timeout(heart.interval, heart.beat()) => {}
+                    _ = &mut stop_rx => break,
+                }
+            }
+            if tokio::time::timeout(Duration::from_secs(2), heart.deregister())
+                .await
+                .is_err()
+            {
+                tracing::warn!("cannot leave the fleet registry: Redis did not answer in time");
+            }
+        });
+        Fleet {
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the heartbeat and removes this worker from the registry (waits for it).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Heart {
+    async fn beat(&mut self) {
+        let now = Utc::now();
+        self.record.in_flight = metrics::IN_FLIGHT.get();
+        self.record.jobs_done = jobs_done();
+        self.record.last_seen = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let json = match serde_json::to_string(&self.record) {
+            Ok(json) => json,
+            Err(_) => return,
+        };
+        let ttl = self.interval.as_secs() * TTL_HEARTBEATS;
+        let result = redis::pipe()
+            .atomic()
+            .set_ex(self.keys.worker(&self.record.id), json, ttl)
+            .ignore()
+            .zadd(self.keys.workers(), &self.record.id, now.timestamp_millis())
+            .ignore()
+            .query_async::<()>(&mut self.conn)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "fleet heartbeat failed");
+        }
+    }
+
+    async fn deregister(&mut self) {
+        let result = redis::pipe()
+            .atomic()
+            .del(self.keys.worker(&self.record.id))
+            .ignore()
+            .zrem(self.keys.workers(), &self.record.id)
+            .ignore()
+            .query_async::<()>(&mut self.conn)
+            .await;
+        match result {
+            Ok(()) => tracing::info!(worker_id = %self.record.id, "left the fleet registry"),
+            Err(e) => tracing::warn!(error = %e, "cannot leave the fleet registry"),
+        }
+    }
+}
+
+/// Job runs that ended here (succeeded, failed or canceled), from the metrics counters.
+fn jobs_done() -> u64 {
+    let counters = [&*metrics::SUCCEEDED, &*metrics::FAILED, &*metrics::CANCELED];
+    counters
+        .iter()
+        .flat_map(|c| c.collect())
+        .flat_map(|family| {
+            family
+                .get_metric()
+                .iter()
+                .map(|m| m.get_counter().get_value())
+                .collect::<Vec<_>>()
+        })
+        .sum::<f64>() as u64
+}
+
+/// This machine's (or container's) host name, `unknown` if it cannot be read.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
