@@ -121,10 +121,9 @@ impl Broker {
         })
     }
 
-    /// Publishes `payload` to the work queue and waits for the broker's confirm (on the I/O
-    /// runtime, where the connection lives; see `io.rs`).
-    /// Publishes `payload` to the work queue with `priority` (0-9) and waits for the broker's
-    /// confirm (on the I/O runtime, where the connection lives; see `io.rs`).
+    /// Publishes `payload` to the work queue with `priority` (0-9) and the job's
+    /// `traceparent`, and waits for the broker's confirm (on the I/O runtime, where the
+    /// connection lives; see `io.rs`).
     pub async fn publish(
         &self,
         message_id: &str,
