@@ -17,12 +17,9 @@ struct Args {
 #[actix_web::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match Settings::load(args.config.as_deref()) {
+    let settings = match Settings::load_or_exit_code(args.config.as_deref()) {
         Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     shared::telemetry::init(&settings.log);
     let app = match Application::build(settings) {

@@ -191,6 +191,15 @@ impl Settings {
         Ok(settings)
     }
 
+    /// [`load`](Self::load) for a binary's `main`: on an invalid configuration it prints why on
+    /// stderr and returns the exit code to end with (2, a usage error).
+    pub fn load_or_exit_code(file: Option<&Path>) -> Result<Self, std::process::ExitCode> {
+        Self::load(file).map_err(|e| {
+            eprintln!("{e}");
+            std::process::ExitCode::from(2)
+        })
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError(m.to_owned()));
         if self.amqp.queue.is_empty() {

@@ -120,6 +120,16 @@ impl StackOptions {
         self
     }
 
+    /// Points both binaries at a broker nobody listens on (a free port), and does not wait
+    /// for readiness (the facade will never be ready).
+    pub fn unreachable_broker(self) -> Self {
+        self.env(
+            "APP__AMQP__URL",
+            format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()),
+        )
+        .no_wait()
+    }
+
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
         self

@@ -2,7 +2,7 @@
 //! the repeats race each other; the key with another body is a 409; a failed submit frees the
 //! key; a bad key is a 400 problem naming the header.
 
-use e2e::{free_port, job_id, Stack, StackOptions};
+use e2e::{job_id, Stack, StackOptions};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -128,13 +128,9 @@ async fn concurrent_requests_with_one_key_create_one_job() {
 #[tokio::test]
 async fn a_failed_submit_releases_the_key() {
     // A broker that cannot be reached: 503, and the key is not left claimed.
-    let dead_broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
     let stack = Stack::start_with(
         "idem-nobroker",
-        StackOptions::default()
-            .workers(0)
-            .env("APP__AMQP__URL", dead_broker)
-            .no_wait(),
+        StackOptions::default().workers(0).unreachable_broker(),
     )
     .await;
     stack.wait_alive().await;

@@ -27,13 +27,9 @@ async fn assert_503(response: reqwest::Response) -> Value {
 
 #[tokio::test]
 async fn broker_unreachable_means_503_and_no_record() {
-    let dead_broker = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
     let stack = Stack::start_with(
         "nobroker",
-        StackOptions::default()
-            .workers(0)
-            .env("APP__AMQP__URL", dead_broker)
-            .no_wait(),
+        StackOptions::default().workers(0).unreachable_broker(),
     )
     .await;
     stack.wait_alive().await;

@@ -43,12 +43,9 @@ enum DeadLetterCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match Settings::load(args.config.as_deref()) {
+    let settings = match Settings::load_or_exit_code(args.config.as_deref()) {
         Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match args.command.unwrap_or(Command::Run) {
         Command::Run => {
