@@ -48,6 +48,22 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
     IdempotencyKeyInFlight,
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many requests with this API key; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
+    #[error("this API key has {limit} long-polls or event streams open already")]
+    TooManyWaits { limit: u32 },
+    #[error(
+        "{depth} jobs are waiting in the queue, over the admission limit of {limit}; retry later"
+    )]
+    Overloaded {
+        depth: u64,
+        limit: u64,
+        retry_after: u64,
+    },
 }
 
 impl ApiError {
@@ -93,6 +109,19 @@ impl ApiError {
                 "idempotency-key-in-flight",
                 "A request with this idempotency key is in progress",
             ),
+            ApiError::Unauthorized(_) => {
+                Problem::new(status, "unauthorized", "Authentication required")
+            }
+            ApiError::Forbidden(_) => Problem::new(status, "forbidden", "Forbidden"),
+            ApiError::RateLimited { .. } => {
+                Problem::new(status, "rate-limited", "Too many requests")
+            }
+            ApiError::TooManyWaits { .. } => {
+                Problem::new(status, "too-many-waits", "Too many open waits")
+            }
+            ApiError::Overloaded { .. } => {
+                Problem::new(status, "overloaded", "Too much work queued")
+            }
         };
         problem.detail(self.to_string())
     }
@@ -114,6 +143,12 @@ impl ResponseError for ApiError {
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInFlight => {
                 StatusCode::CONFLICT
             }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } | ApiError::TooManyWaits { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -132,8 +167,17 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 builder.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
             }
-            ApiError::IdempotencyKeyInFlight => {
+            ApiError::IdempotencyKeyInFlight | ApiError::TooManyWaits { .. } => {
                 builder.insert_header((header::RETRY_AFTER, 1));
+            }
+            ApiError::Unauthorized(_) => {
+                builder.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"arr\""),
+                ));
+            }
+            ApiError::RateLimited { retry_after } | ApiError::Overloaded { retry_after, .. } => {
+                builder.insert_header((header::RETRY_AFTER, *retry_after));
             }
             _ => {}
         }

@@ -107,6 +107,14 @@ impl Estimates {
         self.settings.clamp(seconds.max(0.0).ceil() as u64)
     }
 
+    /// Messages ready in the work queue, as measured within the last second (shared with
+    /// the estimates); `None` when the broker could not be asked.
+    pub async fn queue_depth(&self) -> Option<u64> {
+        Cached::get(&self.queue, || self.broker.queue_stats())
+            .await
+            .map(|q| u64::from(q.messages))
+    }
+
     /// The `Retry-After` settings in force for `doc`'s job: the configured bounds, with this
     /// job's estimate as the value to give (what `job_response::retry_after` answers).
     pub async fn policy_for(&self, doc: &StatusDocument) -> RetryAfterSettings {

@@ -24,8 +24,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shared::{JobId, StatusDocument};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::job_response::{etag, retry_after};
+use crate::job_response::{etag, retry_after, with_query};
 use crate::startup::AppState;
 use crate::status_store::{Lookup, StatusStore};
 
@@ -149,6 +150,8 @@ pub enum Claim {
 pub async fn claim(
     idempotency: Option<Idempotency>,
     state: &AppState,
+    store: &StatusStore,
+    caller: &Caller,
     id: &JobId,
 ) -> Result<Claim, ApiError> {
     let Some(idem) = idempotency else {
@@ -168,8 +171,7 @@ pub async fn claim(
     let deadline = Instant::now() + settle_within;
     let mut pause = Duration::from_millis(20);
     loop {
-        let held = state
-            .store
+        let held = store
             .idempotency_claim(
                 idem.key_sha256,
                 pending.clone(),
@@ -179,7 +181,7 @@ pub async fn claim(
         let Some(raw) = held else {
             return Ok(Claim::Fresh(Guard {
                 held: Some(Held {
-                    store: state.store.clone(),
+                    store: store.clone(),
                     key_sha256: idem.key_sha256,
                     pending,
                     done: Record::encode(true, id, &idem.body_sha256),
@@ -190,10 +192,7 @@ pub async fn claim(
             None => {
                 // Not written by this service: drop it and claim again.
                 tracing::warn!("undecodable idempotency record; replacing it");
-                state
-                    .store
-                    .idempotency_release(idem.key_sha256, raw)
-                    .await?;
+                store.idempotency_release(idem.key_sha256, raw).await?;
                 continue;
             }
             Some(Record::Pending { body, .. } | Record::Done { body, .. })
@@ -209,16 +208,15 @@ pub async fn claim(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(200));
             }
-            Some(Record::Done { job, .. }) => match state.store.document(&job).await? {
-                Lookup::Found(bytes) => return Ok(Claim::Replay(replay(state, bytes).await)),
+            Some(Record::Done { job, .. }) => match store.document(&job).await? {
+                Lookup::Found(bytes) => {
+                    return Ok(Claim::Replay(replay(state, caller, bytes).await))
+                }
                 Lookup::Gone | Lookup::NotFound => {
                     // The job outlived its retention before the key did: the key no longer
                     // names anything, so this request is served as a new one.
                     tracing::info!(job_id = %job, "idempotency key of an expired job; reusing it");
-                    state
-                        .store
-                        .idempotency_release(idem.key_sha256, raw)
-                        .await?;
+                    store.idempotency_release(idem.key_sha256, raw).await?;
                 }
             },
         }
@@ -226,11 +224,14 @@ pub async fn claim(
 }
 
 /// The answer to a repeated request: the first request's 202 with the job as it is now.
-async fn replay(state: &AppState, doc_bytes: Vec<u8>) -> HttpResponse {
+async fn replay(state: &AppState, caller: &Caller, doc_bytes: Vec<u8>) -> HttpResponse {
     let mut builder = HttpResponse::Accepted();
     if let Ok(doc) = serde_json::from_slice::<StatusDocument>(&doc_bytes) {
         builder
-            .insert_header((header::LOCATION, doc.id.status_path()))
+            .insert_header((
+                header::LOCATION,
+                with_query(doc.id.status_path(), state.location_query(caller, &doc.id)),
+            ))
             .insert_header((
                 header::RETRY_AFTER,
                 retry_after(&state.estimates.policy_for(&doc).await),

@@ -39,6 +39,14 @@ fn not_modified(req: &HttpRequest, etag: &str) -> bool {
         .any(|t| t == etag || t == "*")
 }
 
+/// `path` with `query` (the signature of a signed URL) appended, if there is one.
+pub fn with_query(path: String, query: Option<impl AsRef<str>>) -> String {
+    match query {
+        Some(query) => format!("{path}?{}", query.as_ref()),
+        None => path,
+    }
+}
+
 /// Seconds to tell a client to wait before its next poll.
 pub fn retry_after(settings: &RetryAfterSettings) -> u64 {
     settings.clamp(settings.default_seconds)
@@ -51,6 +59,7 @@ pub fn status_answer(
     doc: &StatusDocument,
     doc_bytes: Vec<u8>,
     retry: &RetryAfterSettings,
+    query: Option<&str>,
 ) -> HttpResponse {
     let tag = etag(&doc_bytes);
     let pending = !doc.status.is_terminal();
@@ -65,14 +74,14 @@ pub fn status_answer(
     }
     match doc.status {
         JobStatus::Queued | JobStatus::Running => HttpResponse::Accepted()
-            .insert_header((header::LOCATION, doc.id.status_path()))
+            .insert_header((header::LOCATION, with_query(doc.id.status_path(), query)))
             .insert_header((header::RETRY_AFTER, retry_after(retry)))
             .insert_header((header::ETAG, tag))
             .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
             .content_type(JSON)
             .body(doc_bytes),
         JobStatus::Succeeded => HttpResponse::SeeOther()
-            .insert_header((header::LOCATION, doc.id.result_path()))
+            .insert_header((header::LOCATION, with_query(doc.id.result_path(), query)))
             .insert_header((header::ETAG, tag))
             .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
             .content_type(JSON)

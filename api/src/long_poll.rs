@@ -12,8 +12,7 @@ use tokio::time::Instant;
 
 use crate::error::ApiError;
 use crate::notifier::Watch;
-use crate::startup::AppState;
-use crate::status_store::Lookup;
+use crate::status_store::{Lookup, StatusStore};
 
 /// The `wait` preference of the request in whole seconds, capped at `max_seconds`; `None` when
 /// there is none (or it is not a number).
@@ -62,7 +61,7 @@ impl Until {
 
 /// Waits on `watch` until `until` is reached or `wait` passes; returns the latest document.
 pub async fn wait_for(
-    state: &AppState,
+    store: &StatusStore,
     id: &JobId,
     mut watch: Watch,
     until: Until,
@@ -80,7 +79,7 @@ pub async fn wait_for(
             }
             // Fell behind: look at the status itself, then keep waiting.
             Ok(Err(RecvError::Lagged(_))) => {
-                let bytes = read(state, id).await?;
+                let bytes = read(store, id).await?;
                 if let Ok(doc) = serde_json::from_slice::<StatusDocument>(&bytes) {
                     if until.reached(doc.status) {
                         return Ok(bytes);
@@ -88,13 +87,13 @@ pub async fn wait_for(
                 }
             }
             // Notifications lost, or time is up: answer with what is there now.
-            Ok(Err(RecvError::Closed)) | Err(_) => return read(state, id).await,
+            Ok(Err(RecvError::Closed)) | Err(_) => return read(store, id).await,
         }
     }
 }
 
-async fn read(state: &AppState, id: &JobId) -> Result<Vec<u8>, ApiError> {
-    match state.store.document(id).await? {
+async fn read(store: &StatusStore, id: &JobId) -> Result<Vec<u8>, ApiError> {
+    match store.document(id).await? {
         Lookup::Found(bytes) => Ok(bytes),
         Lookup::Gone => Err(ApiError::JobGone),
         Lookup::NotFound => Err(ApiError::JobNotFound),

@@ -32,7 +32,6 @@ struct Entry {
 
 struct Inner {
     client: redis::Client,
-    keys: KeyLayout,
     io: Io,
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
     entries: Mutex<HashMap<String, Entry>>,
@@ -82,11 +81,10 @@ impl Drop for Watch {
 }
 
 impl Notifier {
-    pub fn new(redis_url: &str, keys: KeyLayout, io: Io) -> Result<Self, StoreError> {
+    pub fn new(redis_url: &str, io: Io) -> Result<Self, StoreError> {
         Ok(Notifier {
             inner: Arc::new(Inner {
                 client: redis::Client::open(redis_url)?,
-                keys,
                 io,
                 sink: tokio::sync::Mutex::new(None),
                 entries: Mutex::new(HashMap::new()),
@@ -96,8 +94,8 @@ impl Notifier {
 
     /// Starts receiving the changes of job `id`. Changes published after this returns are
     /// delivered; read the current status *after* calling it, so none falls in between.
-    pub async fn watch(&self, id: &JobId) -> Result<Watch, StoreError> {
-        let channel = self.inner.keys.events(id);
+    pub async fn watch(&self, keys: &KeyLayout, id: &JobId) -> Result<Watch, StoreError> {
+        let channel = keys.events(id);
         let (changes, subscribed) = {
             let mut entries = self
                 .inner

@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::middleware::{ErrorHandlers, Logger};
+use actix_web::middleware::{Condition, ErrorHandlers, Logger};
 use actix_web::{web, App, HttpServer};
-use shared::Settings;
+use shared::{JobId, Settings};
 
+use crate::auth::{Caller, Keyring};
 use crate::broker::Broker;
 use crate::io::{Io, IoRuntime};
+use crate::limits::Limits;
 use crate::notifier::Notifier;
 use crate::routes::{cancel, events, fallback, health, jobs, submit};
+use crate::signing::Signer;
 use crate::status_store::{StatusStore, StoreError};
 
 /// What every request handler can reach.
@@ -23,6 +26,21 @@ pub struct AppState {
     pub broker: Broker,
     pub estimates: crate::estimates::Estimates,
     pub notifier: Notifier,
+    pub keyring: Keyring,
+    pub signer: Signer,
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// The query to put on `Location`s that point at `caller`'s job `id`: the signature the
+    /// request came with, or a fresh one when URL signing is configured.
+    pub fn location_query(&self, caller: &Caller, id: &JobId) -> Option<String> {
+        match &caller.signed {
+            Some(query) => Some(query.clone()),
+            None if self.signer.enabled() => self.signer.sign(&caller.tenant, id),
+            None => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +49,8 @@ pub enum StartupError {
     Bind(String, std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("cannot start the HTTP server: {0}")]
     Server(std::io::Error),
 }
@@ -66,11 +86,12 @@ impl Application {
                 }
             });
         }
-        let notifier = Notifier::new(
-            &settings.redis.url,
-            shared::KeyLayout::new(settings.redis.key_prefix.clone()),
-            io.clone(),
-        )?;
+        let notifier = Notifier::new(&settings.redis.url, io.clone())?;
+        let keyring = Keyring::new(&settings.auth).map_err(StartupError::Config)?;
+        let signer = Signer::new(&settings.signing).map_err(StartupError::Config)?;
+        if !keyring.enabled() {
+            tracing::warn!("authentication is off: every request acts as the default tenant, with operator rights");
+        }
         let estimates = crate::estimates::Estimates::new(store.clone(), broker.clone(), &settings);
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
@@ -78,7 +99,11 @@ impl Application {
             broker,
             estimates,
             notifier,
+            keyring,
+            signer,
+            limits: Limits::new(&settings.limits),
         });
+        let cors_settings = settings.cors.clone();
         let body_limit = settings.http.body_limit_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
@@ -86,6 +111,10 @@ impl Application {
                 // Our own body reader enforces the limit; this keeps actix's extractors in line.
                 .app_data(web::PayloadConfig::new(body_limit))
                 .wrap(ErrorHandlers::new().default_handler(fallback::problem_for_bare_errors))
+                .wrap(Condition::new(
+                    !cors_settings.allowed_origins.is_empty(),
+                    crate::cors::middleware(&cors_settings),
+                ))
                 .wrap(Logger::new("%r %s %Dms").log_target("access"))
                 .wrap_fn(crate::routes::metrics::record)
                 .service(
@@ -110,7 +139,7 @@ impl Application {
                         .route(web::get().to(jobs::result))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
-                // TODO(auth): operators only; must require an operator API key when auth lands.
+                // Operators only (checked by the handler).
                 .service(
                     web::resource("/v1/workers")
                         .route(web::get().to(crate::routes::workers::list))

@@ -63,6 +63,19 @@ impl StatusStore {
         })
     }
 
+    /// The same store for `tenant`'s jobs: every job key it builds carries the tenant.
+    pub fn for_tenant(&self, tenant: &shared::Tenant) -> StatusStore {
+        StatusStore {
+            keys: Arc::new(self.keys.for_tenant(tenant)),
+            ..self.clone()
+        }
+    }
+
+    /// The key layout of this store's tenant.
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
     /// Runs a Redis operation on the I/O runtime (see `io.rs`).
     async fn on_io<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where

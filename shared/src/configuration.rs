@@ -8,6 +8,7 @@ use std::path::Path;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
+use crate::access::{AuthSettings, CorsSettings, LimitSettings, SigningSettings};
 use crate::job_types::JobTypeSpec;
 use crate::webhooks::WebhookSettings;
 
@@ -24,6 +25,10 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub webhooks: WebhookSettings,
+    pub auth: AuthSettings,
+    pub signing: SigningSettings,
+    pub limits: LimitSettings,
+    pub cors: CorsSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -182,7 +187,11 @@ impl Settings {
                     .try_parsing(true)
                     // APP__WEBHOOKS__ALLOWED_HOSTS=a.example.com,*.example.org
                     .list_separator(",")
-                    .with_list_parse_key("webhooks.allowed_hosts"),
+                    .with_list_parse_key("webhooks.allowed_hosts")
+                    // APP__AUTH__KEYS=<id>:<tenant>:<sha256>[:operator],…
+                    .with_list_parse_key("auth.keys")
+                    .with_list_parse_key("signing.keys")
+                    .with_list_parse_key("cors.allowed_origins"),
             )
             .build()
             .and_then(Config::try_deserialize)
@@ -231,6 +240,9 @@ impl Settings {
             return bad("jobs.retention_seconds must be at least 1");
         }
         self.webhooks.check().map_err(ConfigError)?;
+        self.auth.entries().map_err(ConfigError)?;
+        self.signing.parsed().map_err(ConfigError)?;
+        self.cors.check().map_err(ConfigError)?;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! document, the job types' input rules, the queue message, the Redis key layout and the
 //! configuration. Neither side depends on the other; they meet only here.
 
+pub mod access;
 pub mod configuration;
 pub mod fleet;
 pub mod job;
@@ -10,6 +11,7 @@ pub mod keys;
 pub mod message;
 pub mod publish;
 pub mod telemetry;
+pub mod tenant;
 pub mod topology;
 pub mod trace;
 pub mod webhooks;
@@ -18,3 +20,4 @@ pub use configuration::Settings;
 pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument};
 pub use keys::KeyLayout;
 pub use message::JobMessage;
+pub use tenant::Tenant;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::job::JobId;
+use crate::tenant::Tenant;
 
 /// Version of the message format; a worker refuses versions it does not know.
 pub const MESSAGE_VERSION: u32 = 1;
@@ -25,6 +26,10 @@ pub struct JobMessage {
     /// Absent in messages of older versions, which decode as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// The tenant the job belongs to (its Redis keys carry it). Messages from before tenants
+    /// decode as the default tenant's.
+    #[serde(default)]
+    pub tenant: Tenant,
 }
 
 impl JobMessage {
@@ -41,7 +46,14 @@ impl JobMessage {
             input,
             created_at,
             callback_url: None,
+            tenant: Tenant::default(),
         }
+    }
+
+    /// The same message for `tenant`'s job.
+    pub fn for_tenant(mut self, tenant: &Tenant) -> Self {
+        self.tenant = tenant.clone();
+        self
     }
 
     /// The same message with a callback URL (if any).

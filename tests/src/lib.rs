@@ -526,7 +526,7 @@ impl Stack {
     pub async fn job_field(&self, job_id: &str, field: &str) -> Option<String> {
         let mut conn = self.redis().await;
         redis::cmd("HGET")
-            .arg(format!("{}:job:{{{job_id}}}", self.prefix))
+            .arg(format!("{}:default:job:{{{job_id}}}", self.prefix))
             .arg(field)
             .query_async(&mut conn)
             .await

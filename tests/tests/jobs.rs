@@ -239,7 +239,7 @@ async fn status_and_result_live_in_redis_under_the_configured_prefix_and_expire(
     assert_eq!(stack.job_field(id, "result").await.as_deref(), Some("7"));
     let mut conn = stack.redis().await;
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}:job:{{{id}}}", stack.prefix))
+        .arg(format!("{}:default:job:{{{id}}}", stack.prefix))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -263,7 +263,7 @@ async fn an_expired_job_answers_410_while_its_tombstone_lasts() {
     // Let retention run out now.
     let mut conn = stack.redis().await;
     redis::cmd("DEL")
-        .arg(format!("{}:job:{{{}}}", stack.prefix, job_id(&location)))
+        .arg(format!("{}:default:job:{{{}}}", stack.prefix, job_id(&location)))
         .query_async::<()>(&mut conn)
         .await
         .unwrap();

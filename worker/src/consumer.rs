@@ -196,7 +196,8 @@ async fn reap_lapsed_leases(processor: Processor, publisher: lapin::Channel) {
                 continue;
             }
         };
-        for id in ids {
+        for member in ids {
+            let (id, store) = (member.id, store.for_tenant(&member.tenant));
             let doc = store.load(&id).await;
             let message = store.kept_message(&id).await;
             match (doc, message) {

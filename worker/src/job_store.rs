@@ -7,8 +7,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use shared::configuration::{JobSettings, RedisSettings};
-use shared::keys::field;
-use shared::{JobId, JobStatus, KeyLayout, StatusDocument};
+use shared::keys::{field, LeaseMember};
+use shared::{JobId, JobStatus, KeyLayout, StatusDocument, Tenant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -100,6 +100,18 @@ impl JobStore {
         })
     }
 
+    /// The same store for `tenant`'s jobs (every job key carries its tenant).
+    pub fn for_tenant(&self, tenant: &Tenant) -> JobStore {
+        JobStore {
+            keys: self.keys.for_tenant(tenant),
+            ..self.clone()
+        }
+    }
+
+    pub fn tenant(&self) -> &Tenant {
+        self.keys.tenant()
+    }
+
     /// The job's status document, if the job exists.
     pub async fn load(&self, id: &JobId) -> Result<Option<StatusDocument>, StoreError> {
         let mut conn = self.conn.clone();
@@ -184,7 +196,7 @@ impl JobStore {
         redis::pipe()
             .hset(self.keys.job(id), field::MESSAGE, message)
             .ignore()
-            .zadd(self.keys.leases(), id.to_string(), until_ms)
+            .zadd(self.keys.leases(), self.lease_member(id), until_ms)
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
@@ -198,7 +210,7 @@ impl JobStore {
             .arg(self.keys.leases())
             .arg("XX")
             .arg(until_ms)
-            .arg(id.to_string())
+            .arg(self.lease_member(id))
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -208,7 +220,7 @@ impl JobStore {
     pub async fn end_lease(&self, id: &JobId) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         redis::pipe()
-            .zrem(self.keys.leases(), id.to_string())
+            .zrem(self.keys.leases(), self.lease_member(id))
             .ignore()
             .hdel(self.keys.job(id), field::MESSAGE)
             .ignore()
@@ -217,13 +229,17 @@ impl JobStore {
         Ok(())
     }
 
+    fn lease_member(&self, id: &JobId) -> String {
+        LeaseMember::new(self.keys.tenant(), id).to_string()
+    }
+
     /// Claims up to `limit` lapsed leases, extending them to `until_ms`.
     pub async fn claim_lapsed(
         &self,
         now_ms: i64,
         until_ms: i64,
         limit: usize,
-    ) -> Result<Vec<JobId>, StoreError> {
+    ) -> Result<Vec<LeaseMember>, StoreError> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = self
             .claim

@@ -29,7 +29,9 @@ use shared::message::MESSAGE_VERSION;
 use shared::publish::{publish_confirmed, traceparent_of, Outgoing};
 use shared::topology;
 use shared::trace::TraceContext;
-use shared::{JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument};
+use shared::{
+    JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument, Tenant,
+};
 use tracing::Instrument;
 
 use crate::cancel::Cancels;
@@ -55,12 +57,15 @@ pub struct Processor {
     pub lease: Duration,
     /// Messages of the leased jobs running now (already acknowledged), so that a shutdown
     /// that cannot wait for them can put them back on the queue at once.
-    pub leased: Arc<Mutex<HashMap<JobId, Vec<u8>>>>,
+    pub leased: Arc<Mutex<HashMap<JobId, LeasedJob>>>,
     /// Cancellation tokens of the jobs running now.
     pub cancels: Cancels,
     /// Delivers the callbacks of jobs that reached a terminal state.
     pub webhooks: crate::webhook::Webhooks,
 }
+
+/// A leased job's tenant and queue message.
+pub type LeasedJob = (Tenant, Vec<u8>);
 
 /// What is left to tell the broker about a delivery.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,6 +102,15 @@ pub fn now_ms() -> i64 {
 }
 
 impl Processor {
+    /// The same processor for `tenant`'s jobs.
+    fn for_tenant(&self, tenant: &Tenant) -> Processor {
+        Processor {
+            store: self.store.for_tenant(tenant),
+            webhooks: self.webhooks.for_tenant(tenant),
+            ..self.clone()
+        }
+    }
+
     /// Handles one delivery; `publisher` is a confirm-mode channel for retries and dead letters,
     /// `received` when the delivery arrived (its consumer-timeout clock started about then).
     pub async fn handle(&self, delivery: Delivery, publisher: Channel, received: Instant) {
@@ -140,13 +154,15 @@ impl Processor {
             .and_then(|t| TraceContext::parse(&t))
             .map(|t| t.trace_id())
             .unwrap_or_default();
+        // From here on every store and callback write is scoped to the job's tenant.
+        let this = self.for_tenant(&message.tenant);
         let span = tracing::info_span!(
             "job",
             job_id = %message.id,
             job_type = %message.job_type,
             trace_id = %trace_id
         );
-        self.run_job(message, delivery, publisher, received)
+        this.run_job(message, delivery, publisher, received)
             .instrument(span)
             .await
     }
@@ -247,7 +263,7 @@ impl Processor {
                 return Settle::Requeue;
             }
             if let Ok(mut leased) = self.leased.lock() {
-                leased.insert(id, delivery.data.clone());
+                leased.insert(id, (self.store.tenant().clone(), delivery.data.clone()));
             }
             if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
                 // The broker will redeliver it; the lease stays until this run ends.
@@ -549,18 +565,24 @@ impl Processor {
     /// a clear error; the message goes to the dead-letter queue.
     async fn undecodable(&self, data: &[u8], detail: &str) -> Settle {
         tracing::error!(%detail, "undecodable message; dead-lettering it");
-        let id = serde_json::from_slice::<serde_json::Value>(data)
-            .ok()
+        let value = serde_json::from_slice::<serde_json::Value>(data).ok();
+        let id = value
+            .as_ref()
             .and_then(|v| v.get("id")?.as_str()?.parse::<JobId>().ok());
+        let tenant = value
+            .as_ref()
+            .and_then(|v| v.get("tenant")?.as_str()?.parse::<Tenant>().ok())
+            .unwrap_or_default();
+        let this = self.for_tenant(&tenant);
         if let Some(id) = id {
-            if let Ok(Some(doc)) = self.store.load(&id).await {
+            if let Ok(Some(doc)) = this.store.load(&id).await {
                 if !doc.status.is_terminal() {
                     let failure = JobFailure {
                         kind: JobErrorKind::Undeliverable,
                         message: format!("the job's message could not be read: {detail}"),
                         retryable: false,
                     };
-                    return self.give_up(doc, failure).await;
+                    return this.give_up(doc, failure).await;
                 }
             }
         }
@@ -590,18 +612,18 @@ impl Processor {
     /// Puts the leased jobs still running back on the queue (at shutdown, once their tasks
     /// were stopped), so they need not wait for their lease to lapse.
     pub async fn requeue_leased(&self, publisher: &Channel) {
-        let jobs: Vec<(JobId, Vec<u8>)> = match self.leased.lock() {
+        let jobs: Vec<(JobId, (Tenant, Vec<u8>))> = match self.leased.lock() {
             Ok(mut leased) => leased.drain().collect(),
             Err(_) => return,
         };
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
-        for (id, message) in jobs {
+        for (id, (tenant, message)) in jobs {
             let key = id.to_string();
             let outgoing = Outgoing::new(&key, &message);
             match publish_confirmed(publisher, &self.amqp.queue, outgoing, timeout).await {
                 Ok(()) => {
                     tracing::info!(job_id = %id, "unfinished leased job put back on the queue");
-                    if let Err(e) = self.store.end_lease(&id).await {
+                    if let Err(e) = self.store.for_tenant(&tenant).end_lease(&id).await {
                         tracing::warn!(job_id = %id, error = %e, "cannot drop the lease");
                     }
                 }

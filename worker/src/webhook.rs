@@ -68,6 +68,8 @@ return 'ok'
 #[derive(Clone)]
 pub struct Webhooks {
     inner: Arc<Inner>,
+    /// The layout scoped to the tenant whose jobs this handle finishes.
+    keys: KeyLayout,
 }
 
 struct Inner {
@@ -75,7 +77,6 @@ struct Inner {
     /// The HTTP client, or why there is none (then every attempt fails with that reason).
     client: Result<reqwest::Client, String>,
     redis: Result<ConnectionManager, String>,
-    keys: KeyLayout,
     claim: Script,
     update: Script,
     in_flight: AtomicUsize,
@@ -140,12 +141,20 @@ impl Webhooks {
                 settings: settings.webhooks.clone(),
                 client,
                 redis,
-                keys: KeyLayout::new(settings.redis.key_prefix.clone()),
                 claim: Script::new(CLAIM),
                 update: Script::new(UPDATE),
                 in_flight: AtomicUsize::new(0),
                 shutdown_grace: Duration::from_secs(settings.worker.shutdown_grace_seconds),
             }),
+            keys: KeyLayout::new(settings.redis.key_prefix.clone()),
+        }
+    }
+
+    /// The same deliveries, for `tenant`'s jobs.
+    pub fn for_tenant(&self, tenant: &shared::Tenant) -> Self {
+        Webhooks {
+            inner: self.inner.clone(),
+            keys: self.keys.for_tenant(tenant),
         }
     }
 
@@ -320,7 +329,7 @@ impl Webhooks {
         let reply: Vec<Vec<u8>> = self
             .inner
             .claim
-            .key(self.inner.keys.job(id))
+            .key(self.keys.job(id))
             .arg(owner)
             .arg(now)
             .arg(until)
@@ -393,7 +402,7 @@ impl Webhooks {
             let outcome: Result<String, _> = self
                 .inner
                 .update
-                .key(self.inner.keys.job(id))
+                .key(self.keys.job(id))
                 .arg(owner)
                 .arg(stored.as_slice())
                 .arg(new.as_slice())
@@ -409,7 +418,7 @@ impl Webhooks {
                 }
                 Ok("changed") => {
                     let fresh: Result<Option<Vec<u8>>, _> = redis::cmd("HGET")
-                        .arg(self.inner.keys.job(id))
+                        .arg(self.keys.job(id))
                         .arg(field::DOC)
                         .query_async(&mut conn)
                         .await;

@@ -8,8 +8,10 @@ use actix_web::{web, HttpResponse};
 use serde_json::Value;
 use shared::JobStatus;
 
+use crate::auth::Caller;
 use crate::cancel::Canceled;
 use crate::error::ApiError;
+use crate::job_response::with_query;
 use crate::problem::Problem;
 use crate::routes::jobs::parse_id;
 use crate::startup::AppState;
@@ -17,15 +19,21 @@ use crate::startup::AppState;
 pub async fn cancel(
     path: web::Path<String>,
     state: web::Data<AppState>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    state.limits.check_submit(&caller)?;
     let outcome = state
         .store
+        .for_tenant(&caller.tenant)
         .cancel(&id, state.settings.jobs.tombstone_seconds)
         .await?;
     let json = |status: StatusCode, doc: Vec<u8>| {
         HttpResponse::build(status)
-            .insert_header((header::LOCATION, id.status_path()))
+            .insert_header((
+                header::LOCATION,
+                with_query(id.status_path(), state.location_query(&caller, &id)),
+            ))
             .content_type("application/json")
             .body(doc)
     };

@@ -12,15 +12,19 @@ use futures_util::stream;
 use shared::{JobId, JobStatus, StatusDocument};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::job_response::etag;
+use crate::limits::WaitSlot;
 use crate::notifier::Watch;
 use crate::routes::jobs::parse_id;
 use crate::startup::AppState;
-use crate::status_store::Lookup;
+use crate::status_store::{Lookup, StatusStore};
 
 struct Stream {
-    state: web::Data<AppState>,
+    store: StatusStore,
+    /// Held while the stream is open: one of its key's wait slots.
+    _slot: WaitSlot,
     id: JobId,
     watch: Option<Watch>,
     /// The document to send first (the current one), if any.
@@ -53,7 +57,7 @@ fn frame(s: &mut Stream, doc_bytes: &[u8]) -> Option<(Bytes, bool)> {
 }
 
 async fn current(s: &Stream) -> Option<Vec<u8>> {
-    match s.state.store.document(&s.id).await {
+    match s.store.document(&s.id).await {
         Ok(Lookup::Found(bytes)) => Some(bytes),
         _ => None,
     }
@@ -111,11 +115,15 @@ pub async fn events(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    state.limits.check_poll(&caller)?;
+    let slot = state.limits.wait_slot(&caller)?;
+    let store = state.store.for_tenant(&caller.tenant);
     // Subscribe first, then read, so no change falls in between.
-    let watch = state.notifier.watch(&id).await.ok();
-    let doc = match state.store.document(&id).await? {
+    let watch = state.notifier.watch(store.keys(), &id).await.ok();
+    let doc = match store.document(&id).await? {
         Lookup::Found(bytes) => bytes,
         Lookup::Gone => return Err(ApiError::JobGone),
         Lookup::NotFound => return Err(ApiError::JobNotFound),
@@ -127,7 +135,8 @@ pub async fn events(
         .map(|v| format!("\"{}\"", v.trim()));
     let keepalive = Duration::from_secs(state.settings.http.sse_keepalive_seconds.max(1));
     let stream = Stream {
-        state: state.clone(),
+        store,
+        _slot: slot,
         id,
         watch,
         pending: Some(doc),

@@ -32,8 +32,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "redis": describe(redis.map(|r| r.map_err(|e| e.to_string()))),
         "rabbitmq": describe(rabbitmq.map(|r| r.map_err(|e| e.to_string()))),
     });
+    // Shedding or limiting is not unreadiness: the instance still answers polls.
+    let limits = state.limits.report(state.estimates.queue_depth().await);
     if redis_up && rabbitmq_up {
-        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks }))
+        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks, "limits": limits }))
     } else {
         let down: Vec<&str> = [("redis", redis_up), ("rabbitmq", rabbitmq_up)]
             .into_iter()

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use shared::{JobId, JobStatus, StatusDocument};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::job_response::{etag, result_answer, status_answer};
 use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
@@ -34,15 +35,23 @@ pub async fn status(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
+    state.limits.check_poll(&caller)?;
+    let store = state.store.for_tenant(&caller.tenant);
     let wait = prefer_wait(&req, state.settings.http.max_wait_seconds);
-    // A long-poll subscribes before it reads, so no change falls in between.
-    let watch = match wait {
-        Some(_) => state.notifier.watch(&id).await.ok(),
+    // A long-poll holds one of its key's wait slots while it waits.
+    let _slot = match wait {
+        Some(_) => Some(state.limits.wait_slot(&caller)?),
         None => None,
     };
-    let mut bytes = found(state.store.document(&id).await?)?;
+    // A long-poll subscribes before it reads, so no change falls in between.
+    let watch = match wait {
+        Some(_) => state.notifier.watch(store.keys(), &id).await.ok(),
+        None => None,
+    };
+    let mut bytes = found(store.document(&id).await?)?;
     let mut doc = decode(&bytes)?;
     let mut applied = None;
     if let (Some(wait), Some(watch)) = (wait, watch) {
@@ -50,13 +59,14 @@ pub async fn status(
         // all, compares against the state as it is now.
         let seen = if_none_match_is_stale(&req, &bytes);
         if !doc.status.is_terminal() && !seen {
-            bytes = wait_for(&state, &id, watch, Until::StatusChanges(doc.status), wait).await?;
+            bytes = wait_for(&store, &id, watch, Until::StatusChanges(doc.status), wait).await?;
             doc = decode(&bytes)?;
         }
         applied = Some(wait);
     }
     let retry = state.estimates.policy_for(&doc).await;
-    let mut response = status_answer(&req, &doc, bytes, &retry);
+    let query = state.location_query(&caller, &id);
+    let mut response = status_answer(&req, &doc, bytes, &retry, query.as_deref());
     if let Some(wait) = applied {
         mark_applied(&mut response, wait);
     }
@@ -67,9 +77,12 @@ pub async fn result(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let (bytes, result) = found(state.store.document_and_result(&id).await?)?;
+    state.limits.check_poll(&caller)?;
+    let store = state.store.for_tenant(&caller.tenant);
+    let (bytes, result) = found(store.document_and_result(&id).await?)?;
     let doc = decode(&bytes)?;
     match (doc.status, result) {
         (JobStatus::Succeeded, Some(result)) => Ok(result_answer(&req, result)),
@@ -82,6 +95,7 @@ pub async fn result(
             &doc,
             bytes,
             &state.estimates.policy_for(&doc).await,
+            state.location_query(&caller, &id).as_deref(),
         )),
     }
 }

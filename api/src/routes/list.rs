@@ -14,6 +14,7 @@ use shared::job::JOBS_PATH;
 use shared::{job_types, JobId, JobStatus};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::status_store::index::{ListFilter, Position};
@@ -127,10 +128,17 @@ impl ListQuery {
     }
 }
 
-pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// The caller's own jobs only: the index is per tenant.
+pub async fn list(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    state.limits.check_poll(&caller)?;
     let query = ListQuery::parse(req.query_string())?;
     let page = state
         .store
+        .for_tenant(&caller.tenant)
         .list_jobs(query.after, query.limit, query.filter.clone())
         .await?;
     let mut builder = HttpResponse::Ok();

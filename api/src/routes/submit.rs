@@ -8,10 +8,11 @@ use chrono::Utc;
 use shared::trace::TraceContext;
 use shared::{JobId, JobMessage, StatusDocument};
 
+use crate::auth::Caller;
 use crate::body::read_json;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, Idempotency};
-use crate::job_response::{etag, retry_after, status_answer};
+use crate::job_response::{etag, retry_after, status_answer, with_query};
 use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
 use crate::startup::AppState;
 use crate::submission::Submission;
@@ -20,7 +21,14 @@ pub async fn submit(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
+    state.limits.check_submit(&caller)?;
+    // Shed load before reading the body: a deep backlog is not worth growing.
+    if state.limits.admission_enabled() {
+        state.limits.admit(state.estimates.queue_depth().await)?;
+    }
+    let store = state.store.for_tenant(&caller.tenant);
     let body = read_json(&req, payload, state.settings.http.body_limit_bytes).await?;
     let idempotency = Idempotency::from_request(&req, &body)?;
     let submission = Submission::parse_with(body, &state.settings.webhooks)?;
@@ -39,22 +47,26 @@ pub async fn submit(
         .with_callback(submission.callback_url.as_deref());
     let doc_bytes = serde_json::to_vec(&doc).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let message = JobMessage::new(id, submission.spec.name, submission.input, now)
-        .with_callback(submission.callback_url.clone());
+        .with_callback(submission.callback_url.clone())
+        .for_tenant(&caller.tenant);
     let payload =
         serde_json::to_vec(&message).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
 
-    let claim = match idempotency::claim(idempotency, &state, &id).await? {
+    let claim = match idempotency::claim(idempotency, &state, &store, &caller, &id).await? {
         Claim::Fresh(claim) => claim,
         Claim::Replay(answer) => return Ok(answer),
     };
     let wait = prefer_wait(&req, state.settings.http.max_wait_seconds);
-    // Subscribed before the job exists, so even an instant job's end is seen.
-    let watch = match wait {
-        Some(_) => state.notifier.watch(&id).await.ok(),
+    let _slot = match wait {
+        Some(_) => Some(state.limits.wait_slot(&caller)?),
         None => None,
     };
-    state
-        .store
+    // Subscribed before the job exists, so even an instant job's end is seen.
+    let watch = match wait {
+        Some(_) => state.notifier.watch(store.keys(), &id).await.ok(),
+        None => None,
+    };
+    store
         .create(&id, &doc_bytes, now.timestamp_millis())
         .await?;
     if let Err(e) = state
@@ -67,7 +79,7 @@ pub async fn submit(
         )
         .await
     {
-        if let Err(undo) = state.store.remove(&id).await {
+        if let Err(undo) = store.remove(&id).await {
             // The record will expire with the retention period; say so loudly meanwhile.
             tracing::error!(job_id = %id, error = %undo, "could not remove the record of an unpublished job");
         }
@@ -77,6 +89,7 @@ pub async fn submit(
     tracing::info!(
         job_id = %id,
         job_type = submission.spec.name,
+        tenant = %caller.tenant,
         trace_id = %trace.trace_id(),
         "job queued"
     );
@@ -85,8 +98,12 @@ pub async fn submit(
         .inc();
     claim.complete().await;
 
+    let query = state.location_query(&caller, &id);
     let accepted = HttpResponse::Accepted()
-        .insert_header((header::LOCATION, id.status_path()))
+        .insert_header((
+            header::LOCATION,
+            with_query(id.status_path(), query.as_deref()),
+        ))
         .insert_header((
             header::RETRY_AFTER,
             retry_after(&state.estimates.policy_for(&doc).await),
@@ -99,11 +116,15 @@ pub async fn submit(
     let (Some(wait), Some(watch)) = (wait, watch) else {
         return Ok(accepted);
     };
-    let latest = wait_for(&state, &id, watch, Until::Terminal, wait).await?;
+    let latest = wait_for(&store, &id, watch, Until::Terminal, wait).await?;
     let mut response = match serde_json::from_slice::<StatusDocument>(&latest) {
-        Ok(doc) if doc.status.is_terminal() => {
-            status_answer(&req, &doc, latest, &state.settings.retry_after)
-        }
+        Ok(doc) if doc.status.is_terminal() => status_answer(
+            &req,
+            &doc,
+            latest,
+            &state.settings.retry_after,
+            query.as_deref(),
+        ),
         _ => accepted,
     };
     mark_applied(&mut response, wait);

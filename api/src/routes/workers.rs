@@ -2,17 +2,18 @@
 //! `shared::fleet`): `{"workers": [{"id", "host", "pid", "version", "queue", "concurrency",
 //! "in_flight", "jobs_done", "state", "heartbeat_seconds", "started_at", "last_seen"}, …]}`.
 //!
-//! TODO(auth): operators only. There is no authentication yet; when API keys land this route
-//! must require an operator key (it reveals host names, pids and versions).
+//! Operators only (it reveals host names, pids and versions): 403 for other keys.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    caller.require_operator()?;
     let workers = state.store.live_workers().await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "private, no-cache"))

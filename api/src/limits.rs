@@ -1,0 +1,202 @@
+//! Per-key rate limits, a cap on open waits (long-polls and event streams) per key, and
+//! admission control on the depth of the work queue. Rate limits are token buckets (GCRA,
+//! the `governor` crate) kept in this process: with several facades, each enforces the limit
+//! on its own share of the traffic.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{json, Value};
+use shared::access::LimitSettings;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+
+/// What a shed submit is told to wait (seconds): the backlog needs time to drain.
+const SHED_RETRY_AFTER: u64 = 5;
+
+type Limiter = DefaultKeyedRateLimiter<Arc<str>>;
+/// Open waits per key.
+type OpenWaits = Arc<Mutex<HashMap<Arc<str>, u32>>>;
+
+fn limiter(per_second: u32, burst: u32) -> Option<Limiter> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(rate);
+    Some(RateLimiter::keyed(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
+#[derive(Default)]
+struct Counters {
+    submit_limited: AtomicU64,
+    poll_limited: AtomicU64,
+    waits_refused: AtomicU64,
+    shed: AtomicU64,
+}
+
+pub struct Limits {
+    settings: LimitSettings,
+    submit: Option<Limiter>,
+    poll: Option<Limiter>,
+    waits: OpenWaits,
+    counters: Counters,
+}
+
+/// Logs the first refusal and then every hundredth, so a flood does not flood the logs too.
+fn log_refusal(counter: &AtomicU64, what: &str, identity: &str) {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == 1 || n.is_multiple_of(100) {
+        tracing::warn!(key = identity, refused_total = n, "{what}");
+    }
+}
+
+impl Limits {
+    pub fn new(settings: &LimitSettings) -> Self {
+        Limits {
+            submit: limiter(settings.submit_per_second, settings.submit_burst),
+            poll: limiter(settings.poll_per_second, settings.poll_burst),
+            settings: settings.clone(),
+            waits: Arc::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn check(limiter: &Option<Limiter>, caller: &Caller) -> Result<(), u64> {
+        let Some(limiter) = limiter else {
+            return Ok(());
+        };
+        limiter.check_key(&caller.identity).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            // Whole seconds, rounded up: a client that waits that long gets through.
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
+    }
+
+    pub fn check_submit(&self, caller: &Caller) -> Result<(), ApiError> {
+        Self::check(&self.submit, caller).map_err(|retry_after| {
+            log_refusal(
+                &self.counters.submit_limited,
+                "submit rate limit reached",
+                &caller.identity,
+            );
+            ApiError::RateLimited {
+                retry_after: retry_after.max(1),
+            }
+        })
+    }
+
+    pub fn check_poll(&self, caller: &Caller) -> Result<(), ApiError> {
+        Self::check(&self.poll, caller).map_err(|retry_after| {
+            log_refusal(
+                &self.counters.poll_limited,
+                "poll rate limit reached",
+                &caller.identity,
+            );
+            ApiError::RateLimited {
+                retry_after: retry_after.max(1),
+            }
+        })
+    }
+
+    /// A slot for one long-poll or event stream of `caller`, given back when dropped.
+    pub fn wait_slot(&self, caller: &Caller) -> Result<WaitSlot, ApiError> {
+        let max = self.settings.max_waits_per_key;
+        if max > 0 {
+            let mut waits = self
+                .waits
+                .lock()
+                .map_err(|_| ApiError::TooManyWaits { limit: max })?;
+            let open = waits.entry(caller.identity.clone()).or_insert(0);
+            if *open >= max {
+                drop(waits);
+                log_refusal(
+                    &self.counters.waits_refused,
+                    "open-wait limit reached",
+                    &caller.identity,
+                );
+                return Err(ApiError::TooManyWaits { limit: max });
+            }
+            *open += 1;
+        }
+        Ok(WaitSlot {
+            waits: (max > 0).then(|| (self.waits.clone(), caller.identity.clone())),
+        })
+    }
+
+    pub fn admission_enabled(&self) -> bool {
+        self.settings.max_queue_depth > 0
+    }
+
+    /// Refuses a submit while the work queue holds more than the admission limit (`depth`:
+    /// messages ready, as last measured; unknown depth admits).
+    pub fn admit(&self, depth: Option<u64>) -> Result<(), ApiError> {
+        let limit = self.settings.max_queue_depth;
+        match depth {
+            Some(depth) if limit > 0 && depth > limit => {
+                log_refusal(
+                    &self.counters.shed,
+                    "work queue over the admission limit: shedding submits",
+                    "*",
+                );
+                Err(ApiError::Overloaded {
+                    depth,
+                    limit,
+                    retry_after: SHED_RETRY_AFTER,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// For `/readyz`: the limits in force and how often each refused.
+    pub fn report(&self, depth: Option<u64>) -> Value {
+        let s = &self.settings;
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "admission": {
+                "max_queue_depth": s.max_queue_depth,
+                "queue_depth": depth,
+                "shedding": s.max_queue_depth > 0 && depth.is_some_and(|d| d > s.max_queue_depth),
+                "shed_total": load(&c.shed),
+            },
+            "rate_limits": {
+                "submit_per_second": s.submit_per_second,
+                "submit_burst": s.submit_burst,
+                "poll_per_second": s.poll_per_second,
+                "poll_burst": s.poll_burst,
+                "submit_limited_total": load(&c.submit_limited),
+                "poll_limited_total": load(&c.poll_limited),
+            },
+            "waits": {
+                "max_per_key": s.max_waits_per_key,
+                "refused_total": load(&c.waits_refused),
+            },
+        })
+    }
+}
+
+/// One open wait of a key; dropping it frees the slot.
+pub struct WaitSlot {
+    waits: Option<(OpenWaits, Arc<str>)>,
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        if let Some((waits, identity)) = self.waits.take() {
+            if let Ok(mut waits) = waits.lock() {
+                if let Some(open) = waits.get_mut(&identity) {
+                    *open = open.saturating_sub(1);
+                    if *open == 0 {
+                        waits.remove(&identity);
+                    }
+                }
+            }
+        }
+    }
+}
