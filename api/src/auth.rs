@@ -64,6 +64,8 @@ pub struct Caller {
     /// signed URLs, `anonymous` when authentication is off. Never the key itself.
     pub identity: Arc<str>,
     pub operator: bool,
+    /// Authentication is off: there is no key to hold per-key limits against.
+    pub anonymous: bool,
     /// The canonical signature query when the request came with a signed URL (reused on the
     /// answer's `Location`s, so a valet-key holder can follow them).
     pub signed: Option<String>,
@@ -75,6 +77,7 @@ impl Caller {
             tenant: Tenant::default(),
             identity: Arc::from("anonymous"),
             operator: true,
+            anonymous: true,
             signed: None,
         }
     }
@@ -118,6 +121,7 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiEr
                 tenant: key.tenant.clone(),
                 identity: Arc::from(key.id.as_str()),
                 operator: key.operator,
+                anonymous: false,
                 signed: None,
             });
         }
@@ -141,6 +145,7 @@ pub fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Caller, ApiEr
             identity: Arc::from(format!("signed:{tenant}")),
             tenant,
             operator: false,
+            anonymous: false,
             signed: Some(canonical),
         });
     }

@@ -48,6 +48,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still in progress; retry shortly")]
     IdempotencyKeyInFlight,
+    #[error("the request's headers are larger than {limit} bytes")]
+    HeadersTooLarge { limit: usize },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -113,6 +115,11 @@ impl ApiError {
                 Problem::new(status, "unauthorized", "Authentication required")
             }
             ApiError::Forbidden(_) => Problem::new(status, "forbidden", "Forbidden"),
+            ApiError::HeadersTooLarge { .. } => Problem::new(
+                status,
+                "headers-too-large",
+                "Request header fields too large",
+            ),
             ApiError::RateLimited { .. } => {
                 Problem::new(status, "rate-limited", "Too many requests")
             }
@@ -145,6 +152,7 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } | ApiError::TooManyWaits { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }

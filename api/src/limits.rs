@@ -1,5 +1,7 @@
 //! Per-key rate limits, a cap on open waits (long-polls and event streams) per key, and
-//! admission control on the depth of the work queue. Rate limits are token buckets (GCRA,
+//! admission control on the depth of the work queue. With authentication off there are no
+//! keys, and only admission control applies (one budget shared by every client would throttle
+//! the whole service, not an abuser). Rate limits are token buckets (GCRA,
 //! the `governor` crate) kept in this process: with several facades, each enforces the limit
 //! on its own share of the traffic.
 
@@ -8,6 +10,10 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::future::Future;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
@@ -67,7 +73,7 @@ impl Limits {
     }
 
     fn check(limiter: &Option<Limiter>, caller: &Caller) -> Result<(), u64> {
-        let Some(limiter) = limiter else {
+        let Some(limiter) = limiter.as_ref().filter(|_| !caller.anonymous) else {
             return Ok(());
         };
         limiter.check_key(&caller.identity).map_err(|not_until| {
@@ -105,7 +111,11 @@ impl Limits {
 
     /// A slot for one long-poll or event stream of `caller`, given back when dropped.
     pub fn wait_slot(&self, caller: &Caller) -> Result<WaitSlot, ApiError> {
-        let max = self.settings.max_waits_per_key;
+        let max = if caller.anonymous {
+            0
+        } else {
+            self.settings.max_waits_per_key
+        };
         if max > 0 {
             let mut waits = self
                 .waits
@@ -197,6 +207,36 @@ impl Drop for WaitSlot {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Refuses a request whose header section (names and values) is larger than `max_bytes` with a
+/// `431` problem, before any handler reads it. The HTTP server itself refuses more than 96
+/// headers (with a bare `431`) and header sections beyond its buffer.
+pub fn guard_headers<S, B>(
+    req: ServiceRequest,
+    service: &S,
+    max_bytes: usize,
+) -> impl Future<Output = Result<ServiceResponse<B>, actix_web::Error>> + use<S, B>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody,
+{
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let call = if size > max_bytes {
+        Err(ApiError::HeadersTooLarge { limit: max_bytes })
+    } else {
+        Ok(service.call(req))
+    };
+    async move {
+        match call {
+            Ok(response) => response.await,
+            Err(e) => Err(e.into()),
         }
     }
 }

@@ -104,6 +104,7 @@ impl Application {
             limits: Limits::new(&settings.limits),
         });
         let cors_settings = settings.cors.clone();
+        let header_limit = settings.http.max_header_bytes;
         let body_limit = settings.http.body_limit_bytes;
         let mut server = HttpServer::new(move || {
             App::new()
@@ -117,6 +118,7 @@ impl Application {
                 ))
                 .wrap(Logger::new("%r %s %Dms").log_target("access"))
                 .wrap_fn(crate::routes::metrics::record)
+                .wrap_fn(move |req, srv| crate::limits::guard_headers(req, srv, header_limit))
                 .service(
                     web::resource("/v1/jobs")
                         .route(web::post().to(submit::submit))

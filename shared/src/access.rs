@@ -272,7 +272,12 @@ mod tests {
         };
         assert!(check("http://localhost:8000").is_ok());
         assert!(check("*").is_ok());
-        for bad in ["localhost:8000", "http://x.org/", "http://x.org/a", "ftp://x.org"] {
+        for bad in [
+            "localhost:8000",
+            "http://x.org/",
+            "http://x.org/a",
+            "ftp://x.org",
+        ] {
             assert!(check(bad).is_err(), "{bad}");
         }
     }

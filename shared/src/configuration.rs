@@ -90,6 +90,8 @@ pub struct HttpSettings {
     pub shutdown_grace_seconds: u64,
     pub max_wait_seconds: u64,
     pub sse_keepalive_seconds: u64,
+    /// Largest header section accepted (names and values, bytes); larger gets 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

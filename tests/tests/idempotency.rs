@@ -172,7 +172,11 @@ async fn a_key_whose_job_expired_starts_a_new_job() {
     // The job's record is gone (expired) while the key's record is still there.
     let mut redis = stack.redis().await;
     redis::cmd("DEL")
-        .arg(format!("{}:default:job:{{{}}}", stack.prefix, job_id(&first)))
+        .arg(format!(
+            "{}:default:job:{{{}}}",
+            stack.prefix,
+            job_id(&first)
+        ))
         .query_async::<()>(&mut redis)
         .await
         .unwrap();

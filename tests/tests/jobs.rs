@@ -245,7 +245,7 @@ async fn status_and_result_live_in_redis_under_the_configured_prefix_and_expire(
         .unwrap();
     assert!(ttl > 0 && ttl <= 86_400, "job hash TTL {ttl}");
     let tomb_ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}:tomb:{{{id}}}", stack.prefix))
+        .arg(format!("{}:default:tomb:{{{id}}}", stack.prefix))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -263,7 +263,11 @@ async fn an_expired_job_answers_410_while_its_tombstone_lasts() {
     // Let retention run out now.
     let mut conn = stack.redis().await;
     redis::cmd("DEL")
-        .arg(format!("{}:default:job:{{{}}}", stack.prefix, job_id(&location)))
+        .arg(format!(
+            "{}:default:job:{{{}}}",
+            stack.prefix,
+            job_id(&location)
+        ))
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
@@ -274,7 +278,11 @@ async fn an_expired_job_answers_410_while_its_tombstone_lasts() {
         "application/problem+json"
     );
     redis::cmd("DEL")
-        .arg(format!("{}:tomb:{{{}}}", stack.prefix, job_id(&location)))
+        .arg(format!(
+            "{}:default:tomb:{{{}}}",
+            stack.prefix,
+            job_id(&location)
+        ))
         .query_async::<()>(&mut conn)
         .await
         .unwrap();

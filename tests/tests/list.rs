@@ -113,7 +113,10 @@ async fn lists_newest_first_and_pages_cover_every_job_once() {
     // A job whose record expired is skipped (and does not shorten the walk).
     let mut redis = stack.redis().await;
     redis::cmd("DEL")
-        .arg(format!("{}:default:job:{{{}}}", stack.prefix, submitted[24]))
+        .arg(format!(
+            "{}:default:job:{{{}}}",
+            stack.prefix, submitted[24]
+        ))
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
