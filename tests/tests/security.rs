@@ -679,3 +679,42 @@ async fn oversized_headers_are_431_problems_and_queue_nothing() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
+
+#[tokio::test]
+async fn the_client_library_uses_keys_and_hands_out_signed_urls() {
+    let options = with_signing(with_auth(StackOptions::default()));
+    let stack = Stack::start_with("sec-client", options).await;
+    let alice = client::Client::builder(&stack.base)
+        .api_key(ALICE)
+        .build()
+        .unwrap();
+    let job = alice
+        .submit("echo", json!({"hello": "valet"}))
+        .await
+        .unwrap();
+    assert!(
+        job.location.query().unwrap_or("").contains("sig="),
+        "{}",
+        job.location
+    );
+
+    // Someone with only the signed URL (no key) waits for the result, following the 303.
+    let anonymous = client::Client::new(&stack.base).unwrap();
+    let valet = client::JobHandle::from_url(&anonymous, job.location.as_str())
+        .unwrap()
+        .without_api_key();
+    let done = valet.wait(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.result, json!({"hello": "valet"}));
+    // But cannot cancel with it.
+    assert!(valet.cancel().await.is_err());
+
+    // Without a key the client gets the 401 as a typed error; Bob's key does not see the job.
+    let nobody = client::Client::new(&stack.base).unwrap();
+    assert!(nobody.submit("echo", json!(1)).await.is_err());
+    let bob = client::Client::builder(&stack.base)
+        .api_key(BOB)
+        .build()
+        .unwrap();
+    assert!(bob.job(&job.id).status().await.is_err());
+    assert_eq!(alice.job(&job.id).status().await.unwrap().id, job.id);
+}
