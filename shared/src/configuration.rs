@@ -44,11 +44,30 @@ pub struct AmqpSettings {
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSettings")
-            .field("url", &redact_url(&self.url))
+            .field(
+                "url",
+                &self
+                    .urls()
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("queue", &self.queue)
             .field("queue_type", &self.queue_type)
             .field("prefetch", &self.prefetch)
             .finish_non_exhaustive()
+    }
+}
+
+impl AmqpSettings {
+    /// The broker nodes: `url` may list several, separated by commas (see `crate::amqp`).
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -202,6 +221,9 @@ impl Settings {
 
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError(m.to_owned()));
+        if self.amqp.urls().is_empty() {
+            return bad("amqp.url must name at least one broker");
+        }
         if self.amqp.queue.is_empty() {
             return bad("amqp.queue must not be empty");
         }

@@ -2,6 +2,7 @@
 //! document, the job types' input rules, the queue message, the Redis key layout and the
 //! configuration. Neither side depends on the other; they meet only here.
 
+pub mod amqp;
 pub mod configuration;
 pub mod fleet;
 pub mod job;

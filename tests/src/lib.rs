@@ -345,9 +345,11 @@ impl Stack {
         }
     }
 
-    /// The broker URL this stack uses.
+    /// The broker URL this stack uses; of a list of nodes (failover tests), the last one
+    /// (those tests put the nodes they kill or leave dead first).
     pub fn amqp_url(&self) -> String {
         self.setting("APP__AMQP__URL")
+            .and_then(|list| list.rsplit(',').next().map(|u| u.trim().to_owned()))
             .unwrap_or_else(|| AMQP_URL.to_owned())
     }
 
