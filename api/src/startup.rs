@@ -67,7 +67,7 @@ impl Application {
             });
         }
         let notifier = Notifier::new(
-            &settings.redis.url,
+            &settings.redis,
             shared::KeyLayout::new(settings.redis.key_prefix.clone()),
             io.clone(),
         )?;

@@ -81,6 +81,10 @@ pub enum QueueType {
 #[derive(Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
+    /// Nodes of a Redis Cluster (any few; the rest are discovered). When not empty, `url` is
+    /// not used (see `crate::redis_conn`).
+    #[serde(default)]
+    pub cluster_urls: Vec<String>,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
     pub connection_timeout_ms: u64,
@@ -91,7 +95,22 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
+            .field(
+                "cluster_urls",
+                &self
+                    .cluster_urls
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// Whether Redis is a cluster (`cluster_urls` lists nodes).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_urls.is_empty()
     }
 }
 
@@ -201,7 +220,9 @@ impl Settings {
                     .try_parsing(true)
                     // APP__WEBHOOKS__ALLOWED_HOSTS=a.example.com,*.example.org
                     .list_separator(",")
-                    .with_list_parse_key("webhooks.allowed_hosts"),
+                    .with_list_parse_key("webhooks.allowed_hosts")
+                    // APP__REDIS__CLUSTER_URLS=redis://10.0.0.1:6379,redis://10.0.0.2:6379
+                    .with_list_parse_key("redis.cluster_urls"),
             )
             .build()
             .and_then(Config::try_deserialize)

@@ -10,6 +10,7 @@ pub mod job_types;
 pub mod keys;
 pub mod message;
 pub mod publish;
+pub mod redis_conn;
 pub mod telemetry;
 pub mod topology;
 pub mod trace;

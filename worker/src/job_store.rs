@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use shared::configuration::{JobSettings, RedisSettings};
 use shared::keys::field;
+use shared::redis_conn::{RedisConn, Retries};
 use shared::{JobId, JobStatus, KeyLayout, StatusDocument};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +68,7 @@ pub enum Transition {
 
 #[derive(Clone)]
 pub struct JobStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: KeyLayout,
     script: Script,
     claim: Script,
@@ -83,14 +83,12 @@ impl JobStore {
         jobs: &JobSettings,
         worker_id: String,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(redis.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(redis.response_timeout_ms)))
-            .set_connection_timeout(Some(Duration::from_millis(redis.connection_timeout_ms)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+        let retries = Retries {
+            count: 2,
+            max_delay: Duration::from_secs(1),
+        };
         Ok(JobStore {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: RedisConn::open(redis, retries)?,
             keys: KeyLayout::new(redis.key_prefix.clone()),
             script: Script::new(TRANSITION),
             claim: Script::new(CLAIM_LAPSED),
