@@ -14,6 +14,7 @@ use shared::configuration::AmqpSettings;
 use shared::publish::{publish_confirmed, Outgoing, PublishError};
 use shared::topology;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::io::{Io, IoStopped};
 
@@ -145,12 +146,21 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let (broker, message_id, payload) = (self.clone(), message_id.to_owned(), payload.to_vec());
         let traceparent = traceparent.to_owned();
+        let span = tracing::info_span!(
+            "amqp publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %self.settings.queue
+        );
         self.io
-            .run(async move {
-                broker
-                    .publish_here(&message_id, &payload, priority, &traceparent)
-                    .await
-            })
+            .run(
+                async move {
+                    broker
+                        .publish_here(&message_id, &payload, priority, &traceparent)
+                        .await
+                }
+                .instrument(span),
+            )
             .await?
     }
 

@@ -12,6 +12,7 @@ use shared::redis_conn::{RedisConn, Retries};
 use shared::{JobId, KeyLayout};
 
 use crate::io::{Io, IoStopped};
+use tracing::Instrument;
 
 mod idempotency;
 pub mod index;
@@ -69,7 +70,20 @@ impl StatusStore {
         T: Send + 'static,
     {
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
-        self.io.run(op(self.clone())).await?
+        let work = op(self.clone());
+        // Inside a traced request (a submit), the operation is a span of its own; status polls
+        // have no span and make none.
+        let parent = tracing::Span::current();
+        if parent.is_none() {
+            return self.io.run(work).await?;
+        }
+        let span = tracing::info_span!(
+            parent: &parent,
+            "redis",
+            otel.kind = "client",
+            db.system.name = "redis"
+        );
+        self.io.run(work.instrument(span)).await?
     }
 
     /// Records a new job as queued (document and state in one hash, expiring after retention)

@@ -24,6 +24,8 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub webhooks: WebhookSettings,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 #[derive(Clone, Deserialize)]

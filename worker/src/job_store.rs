@@ -9,6 +9,7 @@ use shared::configuration::{JobSettings, RedisSettings};
 use shared::keys::field;
 use shared::redis_conn::{RedisConn, Retries};
 use shared::{JobId, JobStatus, KeyLayout, StatusDocument};
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -147,6 +148,12 @@ impl JobStore {
         };
         let mut conn = self.conn.clone();
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
+        let span = tracing::info_span!(
+            "redis transition",
+            otel.kind = "client",
+            db.system.name = "redis",
+            job.status = doc.status.as_str()
+        );
         let outcome: String = self
             .script
             .key(self.keys.job(&doc.id))
@@ -162,6 +169,7 @@ impl JobStore {
             .arg(if count_start { "1" } else { "0" })
             .arg(self.keys.events(&doc.id))
             .invoke_async(&mut conn)
+            .instrument(span)
             .await?;
         Ok(match outcome.as_str() {
             "ok" => Transition::Done,

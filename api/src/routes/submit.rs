@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use shared::trace::TraceContext;
 use shared::{JobId, JobMessage, StatusDocument};
+use tracing::Instrument;
 
 use crate::body::read_json;
 use crate::error::ApiError;
@@ -21,19 +22,38 @@ pub async fn submit(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Continue the caller's trace if it sent one, else start one; the worker continues it
+    // (its job span becomes a child of this span when spans are exported).
+    let incoming = req
+        .headers()
+        .get(shared::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let span = tracing::info_span!(
+        "POST /v1/jobs",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/jobs",
+        job_id = tracing::field::Empty,
+    );
+    let trace = shared::telemetry::continue_trace(&span, incoming);
+    submit_traced(req, payload, state, trace)
+        .instrument(span)
+        .await
+}
+
+async fn submit_traced(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    trace: TraceContext,
+) -> Result<HttpResponse, ApiError> {
     let body = read_json(&req, payload, state.settings.http.body_limit_bytes).await?;
     let idempotency = Idempotency::from_request(&req, &body)?;
     let submission = Submission::parse_with(body, &state.settings.webhooks)?;
 
-    // Continue the caller's trace if it sent one, else start one; the worker continues it.
-    let trace = req
-        .headers()
-        .get(shared::trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceContext::new_root);
     let id = JobId::new();
+    tracing::Span::current().record("job_id", tracing::field::display(&id));
     let now = Utc::now();
     let doc = StatusDocument::queued(id, submission.spec.name, now)
         .with_callback(submission.callback_url.as_deref());
