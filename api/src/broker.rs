@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
+use shared::amqp::Nodes;
 use shared::configuration::AmqpSettings;
 use shared::publish::{publish_confirmed, Outgoing, PublishError};
 use shared::topology;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::io::{Io, IoStopped};
 
@@ -53,6 +55,8 @@ struct Slot {
 #[derive(Clone)]
 pub struct Broker {
     settings: Arc<AmqpSettings>,
+    /// The broker node(s) to connect to, in failover order.
+    nodes: Nodes,
     slot: Arc<Mutex<Slot>>,
     io: Io,
 }
@@ -60,6 +64,7 @@ pub struct Broker {
 impl Broker {
     pub fn new(settings: AmqpSettings, io: Io) -> Self {
         Broker {
+            nodes: Nodes::new(&settings),
             settings: Arc::new(settings),
             slot: Arc::new(Mutex::new(Slot::default())),
             io,
@@ -86,14 +91,23 @@ impl Broker {
         {
             return Err(BrokerError::BackingOff);
         }
+        // Each node gets the connect timeout; setting up the channel on the node that answered
+        // gets it once more.
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-        match tokio::time::timeout(timeout, self.connect()).await {
+        let (connection, node) = match self.nodes.connect().await {
+            Ok(connected) => connected,
+            Err(e) => {
+                slot.last_failure = Some(Instant::now());
+                return Err(BrokerError::Connect(e.to_string()));
+            }
+        };
+        match tokio::time::timeout(timeout, Self::set_up(connection, &self.settings)).await {
             Ok(Ok(link)) => {
                 let channel = link.channel.clone();
                 slot.link = Some(Arc::new(link));
                 slot.last_failure = None;
                 slot.redeclare = false;
-                tracing::info!(queue = %self.settings.queue, "connected to the broker");
+                tracing::info!(queue = %self.settings.queue, %node, "connected to the broker");
                 Ok(channel)
             }
             Ok(Err(e)) => {
@@ -107,14 +121,13 @@ impl Broker {
         }
     }
 
-    async fn connect(&self) -> Result<Link, lapin::Error> {
-        let connection =
-            Connection::connect(&self.settings.url, ConnectionProperties::default()).await?;
+    /// A confirm-mode channel on `connection`, with the topology declared.
+    async fn set_up(connection: Connection, settings: &AmqpSettings) -> Result<Link, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_work_queue(&channel, &self.settings).await?;
+        topology::declare_work_queue(&channel, settings).await?;
         Ok(Link {
             _connection: connection,
             channel,
@@ -133,12 +146,21 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let (broker, message_id, payload) = (self.clone(), message_id.to_owned(), payload.to_vec());
         let traceparent = traceparent.to_owned();
+        let span = tracing::info_span!(
+            "amqp publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %self.settings.queue
+        );
         self.io
-            .run(async move {
-                broker
-                    .publish_here(&message_id, &payload, priority, &traceparent)
-                    .await
-            })
+            .run(
+                async move {
+                    broker
+                        .publish_here(&message_id, &payload, priority, &traceparent)
+                        .await
+                }
+                .instrument(span),
+            )
             .await?
     }
 

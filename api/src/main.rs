@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
         Ok(settings) => settings,
         Err(code) => return code,
     };
-    shared::telemetry::init(&settings.log);
+    let telemetry = shared::telemetry::init_for("api", &settings.log, &settings.telemetry);
     let app = match Application::build(settings) {
         Ok(app) => app,
         Err(e) => {
@@ -30,7 +30,10 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(port = app.port(), "facade listening");
-    match app.run_until_stopped().await {
+    let served = app.run_until_stopped().await;
+    // Send the spans still buffered before exiting.
+    telemetry.shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use shared::configuration::RedisSettings;
 use shared::{JobId, KeyLayout};
 use tokio::sync::{broadcast, OnceCell};
 
@@ -31,7 +32,8 @@ struct Entry {
 }
 
 struct Inner {
-    client: redis::Client,
+    /// Where to connect (on a Redis Cluster: any node; see `shared::redis_conn::pubsub`).
+    redis: RedisSettings,
     io: Io,
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
     entries: Mutex<HashMap<String, Entry>>,
@@ -81,10 +83,14 @@ impl Drop for Watch {
 }
 
 impl Notifier {
-    pub fn new(redis_url: &str, io: Io) -> Result<Self, StoreError> {
+    pub fn new(redis: &RedisSettings, io: Io) -> Result<Self, StoreError> {
+        // Fail at start on a malformed URL, as the connection itself is made on first use.
+        if !redis.is_cluster() {
+            redis::Client::open(redis.url.as_str())?;
+        }
         Ok(Notifier {
             inner: Arc::new(Inner {
-                client: redis::Client::open(redis_url)?,
+                redis: redis.clone(),
                 io,
                 sink: tokio::sync::Mutex::new(None),
                 entries: Mutex::new(HashMap::new()),
@@ -134,7 +140,7 @@ impl Notifier {
     async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
         let mut sink = self.inner.sink.lock().await;
         if sink.is_none() {
-            let pubsub = self.inner.client.get_async_pubsub().await?;
+            let pubsub = shared::redis_conn::pubsub(&self.inner.redis).await?;
             let (new_sink, mut stream) = pubsub.split();
             let inner = self.inner.clone();
             tokio::spawn(async move {

@@ -86,7 +86,7 @@ impl Application {
                 }
             });
         }
-        let notifier = Notifier::new(&settings.redis.url, io.clone())?;
+        let notifier = Notifier::new(&settings.redis, io.clone())?;
         let keyring = Keyring::new(&settings.auth).map_err(StartupError::Config)?;
         let signer = Signer::new(&settings.signing).map_err(StartupError::Config)?;
         if !keyring.enabled() {

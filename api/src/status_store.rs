@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 use shared::configuration::{JobSettings, RedisSettings};
 use shared::keys::field;
+use shared::redis_conn::{RedisConn, Retries};
 use shared::{JobId, KeyLayout};
 
 use crate::io::{Io, IoStopped};
+use tracing::Instrument;
 
 mod idempotency;
 pub mod index;
@@ -36,7 +37,7 @@ pub enum Lookup<T> {
 
 #[derive(Clone)]
 pub struct StatusStore {
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConn,
     pub(crate) keys: Arc<KeyLayout>,
     pub(crate) retention_seconds: u64,
     pub(crate) io: Io,
@@ -46,15 +47,13 @@ impl StatusStore {
     /// Connects lazily: the facade starts (and answers 503) while Redis is down, and the
     /// manager reconnects by itself when it is back.
     pub fn new(redis: &RedisSettings, jobs: &JobSettings, io: Io) -> Result<Self, StoreError> {
-        let client = redis::Client::open(redis.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(redis.response_timeout_ms)))
-            .set_connection_timeout(Some(Duration::from_millis(redis.connection_timeout_ms)))
-            // Fail a request fast while Redis is down rather than queueing it behind long
-            // reconnection back-off; the next request tries again.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        // Fail a request fast while Redis is down rather than queueing it behind long
+        // reconnection back-off; the next request tries again.
+        let retries = Retries {
+            count: 1,
+            max_delay: Duration::from_millis(500),
+        };
+        let conn = RedisConn::open(redis, retries)?;
         Ok(StatusStore {
             conn,
             keys: Arc::new(KeyLayout::new(redis.key_prefix.clone())),
@@ -84,7 +83,20 @@ impl StatusStore {
         T: Send + 'static,
     {
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
-        self.io.run(op(self.clone())).await?
+        let work = op(self.clone());
+        // Inside a traced request (a submit), the operation is a span of its own; status polls
+        // have no span and make none.
+        let parent = tracing::Span::current();
+        if parent.is_none() {
+            return self.io.run(work).await?;
+        }
+        let span = tracing::info_span!(
+            parent: &parent,
+            "redis",
+            otel.kind = "client",
+            db.system.name = "redis"
+        );
+        self.io.run(work.instrument(span)).await?
     }
 
     /// Records a new job as queued (document and state in one hash, expiring after retention)
@@ -100,14 +112,20 @@ impl StatusStore {
             let key = store.keys.job(&id);
             let mut conn = store.conn.clone();
             let mut pipe = redis::pipe();
-            pipe.atomic()
-                .hset_multiple(
-                    &key,
-                    &[(field::DOC, doc_json.as_slice()), (field::STATE, b"queued")],
-                )
-                .ignore()
-                .expire(&key, store.retention_seconds as i64)
-                .ignore();
+            // On a Redis Cluster the job and the index live in different slots, so they are
+            // two writes there, not one transaction: a facade dying in between leaves a job
+            // that is not listed, or an index entry that listing skips (no job behind it);
+            // neither is served wrong. The job's own keys stay atomic (one slot).
+            if !conn.is_cluster() {
+                pipe.atomic();
+            }
+            pipe.hset_multiple(
+                &key,
+                &[(field::DOC, doc_json.as_slice()), (field::STATE, b"queued")],
+            )
+            .ignore()
+            .expire(&key, store.retention_seconds as i64)
+            .ignore();
             index::add(
                 &mut pipe,
                 &store.keys,

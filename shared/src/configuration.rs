@@ -29,6 +29,8 @@ pub struct Settings {
     pub signing: SigningSettings,
     pub limits: LimitSettings,
     pub cors: CorsSettings,
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetrySettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -49,11 +51,30 @@ pub struct AmqpSettings {
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSettings")
-            .field("url", &redact_url(&self.url))
+            .field(
+                "url",
+                &self
+                    .urls()
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .field("queue", &self.queue)
             .field("queue_type", &self.queue_type)
             .field("prefetch", &self.prefetch)
             .finish_non_exhaustive()
+    }
+}
+
+impl AmqpSettings {
+    /// The broker nodes: `url` may list several, separated by commas (see `crate::amqp`).
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -67,6 +88,10 @@ pub enum QueueType {
 #[derive(Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: String,
+    /// Nodes of a Redis Cluster (any few; the rest are discovered). When not empty, `url` is
+    /// not used (see `crate::redis_conn`).
+    #[serde(default)]
+    pub cluster_urls: Vec<String>,
     pub key_prefix: String,
     pub response_timeout_ms: u64,
     pub connection_timeout_ms: u64,
@@ -77,7 +102,22 @@ impl std::fmt::Debug for RedisSettings {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
+            .field(
+                "cluster_urls",
+                &self
+                    .cluster_urls
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
+    }
+}
+
+impl RedisSettings {
+    /// Whether Redis is a cluster (`cluster_urls` lists nodes).
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_urls.is_empty()
     }
 }
 
@@ -193,7 +233,9 @@ impl Settings {
                     // APP__AUTH__KEYS=<id>:<tenant>:<sha256>[:operator],…
                     .with_list_parse_key("auth.keys")
                     .with_list_parse_key("signing.keys")
-                    .with_list_parse_key("cors.allowed_origins"),
+                    .with_list_parse_key("cors.allowed_origins")
+                    // APP__REDIS__CLUSTER_URLS=redis://10.0.0.1:6379,redis://10.0.0.2:6379
+                    .with_list_parse_key("redis.cluster_urls"),
             )
             .build()
             .and_then(Config::try_deserialize)
@@ -213,6 +255,9 @@ impl Settings {
 
     fn check(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError(m.to_owned()));
+        if self.amqp.urls().is_empty() {
+            return bad("amqp.url must name at least one broker");
+        }
         if self.amqp.queue.is_empty() {
             return bad("amqp.queue must not be empty");
         }

@@ -3,6 +3,7 @@
 //! configuration. Neither side depends on the other; they meet only here.
 
 pub mod access;
+pub mod amqp;
 pub mod configuration;
 pub mod fleet;
 pub mod job;
@@ -10,6 +11,7 @@ pub mod job_types;
 pub mod keys;
 pub mod message;
 pub mod publish;
+pub mod redis_conn;
 pub mod telemetry;
 pub mod tenant;
 pub mod topology;

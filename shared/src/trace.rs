@@ -65,6 +65,20 @@ impl TraceContext {
         })
     }
 
+    /// (trace id, span id, flags), for handing the context to OpenTelemetry.
+    pub fn ids(&self) -> (u128, u64, u8) {
+        (self.trace_id, self.span_id, self.flags)
+    }
+
+    /// A context from OpenTelemetry's ids; `None` if either id is zero (invalid).
+    pub fn from_ids(trace_id: u128, span_id: u64, flags: u8) -> Option<Self> {
+        (trace_id != 0 && span_id != 0).then_some(TraceContext {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
     /// The trace id, 32 lower-case hex digits (what log lines carry).
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)

@@ -163,12 +163,16 @@ impl Stack {
             queue: format!("e2e-{name}-{tag}"),
             prefix: format!("e2e-{tag}"),
             base: format!("http://127.0.0.1:{port}"),
+            // Idle connections are dropped well before the facade's keep-alive (5 s) ends:
+            // reusing one the server is closing fails the request (IncompleteMessage).
             http: client_builder()
                 .timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .expect("client"),
             http_no_redirect: client_builder()
                 .timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(2))
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("client"),
@@ -345,9 +349,11 @@ impl Stack {
         }
     }
 
-    /// The broker URL this stack uses.
+    /// The broker URL this stack uses; of a list of nodes (failover tests), the last one
+    /// (those tests put the nodes they kill or leave dead first).
     pub fn amqp_url(&self) -> String {
         self.setting("APP__AMQP__URL")
+            .and_then(|list| list.rsplit(',').next().map(|u| u.trim().to_owned()))
             .unwrap_or_else(|| AMQP_URL.to_owned())
     }
 

@@ -507,18 +507,33 @@ pub struct PrivateRedis {
     dir: PathBuf,
     port: u16,
     pid: Option<u32>,
+    /// More `redis-server` arguments (e.g. cluster mode).
+    extra_args: Vec<String>,
 }
 
 impl PrivateRedis {
     /// Starts a server and waits until it answers PING (up to 30 s); tries again on another
     /// port (up to 3 times) if it does not come up.
     pub async fn start() -> PrivateRedis {
+        Self::start_with_args(&[], &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more `redis-server` arguments, on a port not in
+    /// `taken` (nor `taken` + 10000: a cluster node also listens on its port + 10000).
+    pub async fn start_with_args(args: &[&str], taken: &[u16]) -> PrivateRedis {
         let mut failures = Vec::new();
         for _ in 0..3 {
+            let port = loop {
+                let port = spare_port(taken);
+                if port < 55535 && !reserved(port + 10000) && !taken.contains(&(port + 10000)) {
+                    break port;
+                }
+            };
             let mut redis = PrivateRedis {
                 dir: fresh_dir("redis"),
-                port: spare_port(&[]),
+                port,
                 pid: None,
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
             };
             match redis.launch().await {
                 Ok(()) => return redis,
@@ -566,7 +581,8 @@ impl PrivateRedis {
             .arg(self.dir.join("redis.log"))
             .args(["--appendonly", "yes"])
             .args(["--appendfsync", "always"])
-            .args(["--save", ""]);
+            .args(["--save", ""])
+            .args(&self.extra_args);
         run_bounded_async(cmd, Duration::from_secs(15), self.dir.join("server.out")).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -665,4 +681,74 @@ pub async fn redis_pings(url: &str) -> bool {
         tokio::time::timeout(Duration::from_secs(2), attempt).await,
         Ok(Some(true))
     )
+}
+
+/// A private Redis Cluster: three masters (no replicas) on spare ports, slots spread by
+/// `redis-cli --cluster create`. Every node is shut down and removed on drop.
+pub struct PrivateRedisCluster {
+    pub nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateRedisCluster {
+    /// Starts three cluster-enabled servers, joins them and waits (up to 30 s) until every
+    /// node reports `cluster_state:ok`.
+    pub async fn start() -> PrivateRedisCluster {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "2000",
+            // Speed over durability: this cluster lives for one test.
+            "--appendonly",
+            "no",
+        ];
+        let mut nodes: Vec<PrivateRedis> = Vec::new();
+        for _ in 0..3 {
+            let taken: Vec<u16> = nodes.iter().map(|n| n.port).collect();
+            nodes.push(PrivateRedis::start_with_args(&args, &taken).await);
+        }
+        let cluster = PrivateRedisCluster { nodes };
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = cluster.nodes[0].dir.join("cluster-create.out");
+        run_bounded_async(create, Duration::from_secs(30), out)
+            .await
+            .unwrap_or_else(|e| panic!("redis-cli --cluster create: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for node in &cluster.nodes {
+            loop {
+                let info = async {
+                    let client = redis::Client::open(node.url()).ok()?;
+                    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                    redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .ok()
+                };
+                if info.await.is_some_and(|i| i.contains("cluster_state:ok")) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the private Redis Cluster never reported cluster_state:ok"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        cluster
+    }
+
+    /// The nodes' URLs, comma-separated (the form of `APP__REDIS__CLUSTER_URLS`).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }

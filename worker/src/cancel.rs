@@ -75,8 +75,7 @@ impl Cancels {
         let mut backoff = Duration::from_millis(250);
         loop {
             let session = async {
-                let client = redis::Client::open(redis.url.as_str())?;
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = shared::redis_conn::pubsub(&redis).await?;
                 pubsub.subscribe(&channel).await?;
                 let mut messages = pubsub.on_message();
                 while let Some(message) = messages.next().await {

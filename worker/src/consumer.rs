@@ -11,7 +11,7 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use shared::amqp::{ConnectError, Nodes};
 use shared::configuration::{AmqpSettings, WorkerSettings};
 use shared::publish::{publish_confirmed, Outgoing};
 use shared::topology;
@@ -28,8 +28,8 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 pub enum ConsumeError {
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error("connecting timed out")]
-    ConnectTimeout,
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("the broker closed the consumer")]
     Closed,
 }
@@ -39,6 +39,8 @@ pub struct Consumer {
     pub worker: WorkerSettings,
     pub processor: Processor,
     pub consumer_tag: String,
+    /// The broker node(s), in failover order (see `shared::amqp`).
+    pub nodes: Nodes,
 }
 
 enum Ended {
@@ -69,11 +71,8 @@ impl Consumer {
 
     /// One connection's life: consume until the connection fails or shutdown is asked.
     async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<Ended, ConsumeError> {
-        let connect = Connection::connect(&self.amqp.url, ConnectionProperties::default());
-        let connection =
-            tokio::time::timeout(Duration::from_millis(self.amqp.connect_timeout_ms), connect)
-                .await
-                .map_err(|_| ConsumeError::ConnectTimeout)??;
+        let (connection, node) = self.nodes.connect().await?;
+        tracing::info!(%node, "connected to the broker");
         let channel = connection.create_channel().await?;
         topology::declare_work_queue(&channel, &self.amqp).await?;
         // A second channel, in confirm mode, for what the worker publishes itself (retries,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
-use lapin::{Connection, ConnectionProperties};
+use lapin::Connection;
 use shared::publish::{publish_confirmed, Outgoing, PublishError};
 use shared::{topology, JobId, JobMessage, JobStatus, Settings};
 
@@ -18,6 +18,8 @@ use crate::job_store::{JobStore, StoreError, Transition};
 pub enum DeadLetterError {
     #[error("broker: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] shared::amqp::ConnectError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -71,8 +73,7 @@ struct Session {
 impl Session {
     async fn open(settings: &Settings, confirms: bool) -> Result<Session, DeadLetterError> {
         let store = JobStore::new(&settings.redis, &settings.jobs, "dead-letter-tool".into())?;
-        let connection =
-            Connection::connect(&settings.amqp.url, ConnectionProperties::default()).await?;
+        let (connection, _) = shared::amqp::Nodes::new(&settings.amqp).connect().await?;
         let channel = connection.create_channel().await?;
         if confirms {
             channel

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use prometheus::core::Collector;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::fleet::{WorkerRecord, TTL_HEARTBEATS};
+use shared::redis_conn::{RedisConn, Retries};
 use shared::{KeyLayout, Settings};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -23,7 +23,7 @@ pub struct Fleet {
 }
 
 struct Heart {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: KeyLayout,
     record: WorkerRecord,
     interval: Duration,
@@ -35,17 +35,11 @@ impl Fleet {
     pub fn start(settings: &Settings, id: &str, mut shutdown: watch::Receiver<bool>) -> Fleet {
         let interval = Duration::from_secs(settings.worker.heartbeat_seconds.max(1));
         let (stop_tx, mut stop_rx) = oneshot::channel();
-        let conn = redis::Client::open(settings.redis.url.as_str()).and_then(|client| {
-            let config = ConnectionManagerConfig::new()
-                .set_response_timeout(Some(Duration::from_millis(
-                    settings.redis.response_timeout_ms,
-                )))
-                .set_connection_timeout(Some(Duration::from_millis(
-                    settings.redis.connection_timeout_ms,
-                )))
-                .set_number_of_retries(1);
-            ConnectionManager::new_lazy_with_config(client, config)
-        });
+        let retries = Retries {
+            count: 1,
+            max_delay: Duration::from_secs(1),
+        };
+        let conn = RedisConn::open(&settings.redis, retries);
         let conn = match conn {
             Ok(conn) => conn,
             Err(e) => {
@@ -136,8 +130,14 @@ impl Heart {
             Err(_) => return,
         };
         let ttl = self.interval.as_secs() * TTL_HEARTBEATS;
-        let result = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        // Record and registry entry are in different slots of a Redis Cluster: two writes
+        // there. A registry entry without its record reads as a stale worker (pruned, and
+        // back at the next beat); a record without an entry is not listed until then.
+        if !self.conn.is_cluster() {
+            pipe.atomic();
+        }
+        let result = pipe
             .set_ex(self.keys.worker(&self.record.id), json, ttl)
             .ignore()
             .zadd(self.keys.workers(), &self.record.id, now.timestamp_millis())
@@ -150,8 +150,11 @@ impl Heart {
     }
 
     async fn deregister(&mut self) {
-        let result = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        if !self.conn.is_cluster() {
+            pipe.atomic();
+        }
+        let result = pipe
             .del(self.keys.worker(&self.record.id))
             .ignore()
             .zrem(self.keys.workers(), &self.record.id)

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 use shared::configuration::{JobSettings, RedisSettings};
 use shared::keys::{field, LeaseMember};
+use shared::redis_conn::{RedisConn, Retries};
 use shared::{JobId, JobStatus, KeyLayout, StatusDocument, Tenant};
+use tracing::Instrument;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,7 +69,7 @@ pub enum Transition {
 
 #[derive(Clone)]
 pub struct JobStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: KeyLayout,
     script: Script,
     claim: Script,
@@ -83,14 +84,12 @@ impl JobStore {
         jobs: &JobSettings,
         worker_id: String,
     ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(redis.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(redis.response_timeout_ms)))
-            .set_connection_timeout(Some(Duration::from_millis(redis.connection_timeout_ms)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
+        let retries = Retries {
+            count: 2,
+            max_delay: Duration::from_secs(1),
+        };
         Ok(JobStore {
-            conn: ConnectionManager::new_lazy_with_config(client, config)?,
+            conn: RedisConn::open(redis, retries)?,
             keys: KeyLayout::new(redis.key_prefix.clone()),
             script: Script::new(TRANSITION),
             claim: Script::new(CLAIM_LAPSED),
@@ -161,6 +160,12 @@ impl JobStore {
         };
         let mut conn = self.conn.clone();
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
+        let span = tracing::info_span!(
+            "redis transition",
+            otel.kind = "client",
+            db.system.name = "redis",
+            job.status = doc.status.as_str()
+        );
         let outcome: String = self
             .script
             .key(self.keys.job(&doc.id))
@@ -176,6 +181,7 @@ impl JobStore {
             .arg(if count_start { "1" } else { "0" })
             .arg(self.keys.events(&doc.id))
             .invoke_async(&mut conn)
+            .instrument(span)
             .await?;
         Ok(match outcome.as_str() {
             "ok" => Transition::Done,

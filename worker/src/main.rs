@@ -50,17 +50,21 @@ async fn main() -> ExitCode {
     match args.command.unwrap_or(Command::Run) {
         Command::Run => {
             // Only the worker logs; the tools print their result alone on stdout.
-            shared::telemetry::init(&settings.log);
+            let telemetry =
+                shared::telemetry::init_for("worker", &settings.log, &settings.telemetry);
             // Register your own job types here (see README, "Adding a job type").
             let registry = Registry::builtin();
             let shutdown = startup::shutdown_signal();
-            match startup::run(settings, registry, shutdown).await {
+            let code = match startup::run(settings, registry, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "worker failed");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            // Send the spans still buffered before exiting.
+            telemetry.shutdown();
+            code
         }
         Command::DeadLetters(DeadLetterCommand::List { limit }) => {
             match dead_letters::list(&settings, limit).await {

@@ -150,18 +150,21 @@ impl Processor {
         }
         // Every log line of the job carries its id and the trace id the facade started (or
         // continued from the client's `traceparent`).
-        let trace_id = traceparent_of(&delivery.properties)
-            .and_then(|t| TraceContext::parse(&t))
-            .map(|t| t.trace_id())
-            .unwrap_or_default();
+        // With span export on, the span is a child of the facade's POST span (named by the
+        // message's `traceparent`), so the whole job is one trace.
+        let parent = traceparent_of(&delivery.properties).and_then(|t| TraceContext::parse(&t));
         // From here on every store and callback write is scoped to the job's tenant.
         let this = self.for_tenant(&message.tenant);
         let span = tracing::info_span!(
             "job",
+            otel.name = %format!("job {}", message.job_type),
+            otel.kind = "consumer",
             job_id = %message.id,
             job_type = %message.job_type,
-            trace_id = %trace_id
+            trace_id = tracing::field::Empty
         );
+        let trace = shared::telemetry::continue_trace(&span, parent);
+        span.record("trace_id", trace.trace_id());
         this.run_job(message, delivery, publisher, received)
             .instrument(span)
             .await

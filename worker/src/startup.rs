@@ -64,6 +64,7 @@ pub async fn run(
     let fleet = crate::fleet::Fleet::start(&settings, &id, shutdown.clone());
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {
+        nodes: shared::amqp::Nodes::new(&settings.amqp),
         amqp: settings.amqp,
         worker: settings.worker,
         processor,

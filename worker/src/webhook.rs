@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use shared::keys::field;
+use shared::redis_conn::{RedisConn, Retries};
 use shared::webhooks::{self, Callback, CallbackState, WebhookSettings};
 use shared::{JobId, KeyLayout, Settings, StatusDocument};
 
@@ -76,7 +76,7 @@ struct Inner {
     settings: WebhookSettings,
     /// The HTTP client, or why there is none (then every attempt fails with that reason).
     client: Result<reqwest::Client, String>,
-    redis: Result<ConnectionManager, String>,
+    redis: Result<RedisConn, String>,
     claim: Script,
     update: Script,
     in_flight: AtomicUsize,
@@ -122,20 +122,11 @@ impl Webhooks {
         if let Err(e) = &client {
             tracing::error!(error = %e, "no HTTP client for webhooks; callbacks will fail");
         }
-        let redis = redis::Client::open(settings.redis.url.as_str())
-            .and_then(|client| {
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(Duration::from_millis(
-                        settings.redis.response_timeout_ms,
-                    )))
-                    .set_connection_timeout(Some(Duration::from_millis(
-                        settings.redis.connection_timeout_ms,
-                    )))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(1));
-                ConnectionManager::new_lazy_with_config(client, config)
-            })
-            .map_err(|e| e.to_string());
+        let retries = Retries {
+            count: 2,
+            max_delay: Duration::from_secs(1),
+        };
+        let redis = RedisConn::open(&settings.redis, retries).map_err(|e| e.to_string());
         Webhooks {
             inner: Arc::new(Inner {
                 settings: settings.webhooks.clone(),
@@ -317,7 +308,7 @@ impl Webhooks {
         Ok(response.status().as_u16())
     }
 
-    fn redis(&self) -> Result<ConnectionManager, String> {
+    fn redis(&self) -> Result<RedisConn, String> {
         self.inner.redis.clone()
     }
 

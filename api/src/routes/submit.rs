@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use shared::trace::TraceContext;
 use shared::{JobId, JobMessage, StatusDocument};
+use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::body::read_json;
@@ -23,6 +24,33 @@ pub async fn submit(
     state: web::Data<AppState>,
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
+    // Continue the caller's trace if it sent one, else start one; the worker continues it
+    // (its job span becomes a child of this span when spans are exported).
+    let incoming = req
+        .headers()
+        .get(shared::trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let span = tracing::info_span!(
+        "POST /v1/jobs",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/jobs",
+        job_id = tracing::field::Empty,
+    );
+    let trace = shared::telemetry::continue_trace(&span, incoming);
+    submit_traced(req, payload, state, caller, trace)
+        .instrument(span)
+        .await
+}
+
+async fn submit_traced(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    caller: Caller,
+    trace: TraceContext,
+) -> Result<HttpResponse, ApiError> {
     state.limits.check_submit(&caller)?;
     // Shed load before reading the body: a deep backlog is not worth growing.
     if state.limits.admission_enabled() {
@@ -33,15 +61,8 @@ pub async fn submit(
     let idempotency = Idempotency::from_request(&req, &body)?;
     let submission = Submission::parse_with(body, &state.settings.webhooks)?;
 
-    // Continue the caller's trace if it sent one, else start one; the worker continues it.
-    let trace = req
-        .headers()
-        .get(shared::trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse)
-        .map(|t| t.child())
-        .unwrap_or_else(TraceContext::new_root);
     let id = JobId::new();
+    tracing::Span::current().record("job_id", tracing::field::display(&id));
     let now = Utc::now();
     let doc = StatusDocument::queued(id, submission.spec.name, now)
         .with_callback(submission.callback_url.as_deref());
