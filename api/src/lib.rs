@@ -12,6 +12,7 @@ pub mod job_response;
 pub mod long_poll;
 pub mod metrics;
 pub mod notifier;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod startup;

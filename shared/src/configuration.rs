@@ -24,6 +24,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub webhooks: WebhookSettings,
+    pub limits: LimitSettings,
 }
 
 #[derive(Clone, Deserialize)]
@@ -85,6 +86,15 @@ pub struct HttpSettings {
     pub shutdown_grace_seconds: u64,
     pub max_wait_seconds: u64,
     pub sse_keepalive_seconds: u64,
+}
+
+/// `[limits]`: bounds on what a request may hold.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    // Shape of request bodies (see `api/src/body.rs`).
+    pub max_json_depth: usize,
+    pub max_string_bytes: usize,
+    pub max_array_items: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

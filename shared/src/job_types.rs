@@ -53,6 +53,7 @@ pub struct JobTypeSpec {
 
 /// One invalid field of a request, reported in the problem's `errors` member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     /// Dotted path, e.g. `input.seconds`.
     pub field: String,
