@@ -261,6 +261,7 @@ fn job_request_schema(settings: &Settings) -> Value {
             json!({
                 "title": spec.name,
                 "description": spec.description,
+                "examples": [{"type": spec.name, "input": example_input(spec.name)}],
                 "type": "object",
                 "properties": {
                     "type": {"type": "string", "const": spec.name},
@@ -290,6 +291,16 @@ fn job_request_schema(settings: &Settings) -> Value {
         ),
         "oneOf": alternatives,
     })
+}
+
+/// A valid input of each built-in type, for the document's examples.
+fn example_input(job_type: &str) -> Value {
+    match job_type {
+        "sleep" => json!({"seconds": 0.5}),
+        "hash" => json!({"bytes": 1_000_000, "seed": 1}),
+        "fail" => json!({"message": "disk on fire"}),
+        _ => json!({"hello": "world"}),
+    }
 }
 
 fn make_nullable(schema: &mut Value) {
@@ -510,6 +521,12 @@ fn response_json(name: &str) -> Option<Value> {
                 "Preference-Applied": preference_applied(),
             },
             "content": json_content("StatusDocument"),
+            "links": {
+                "status": {"operationId": "getJobStatus", "parameters": {"id": "$response.body#/id"}},
+                "result": {"operationId": "getJobResult", "parameters": {"id": "$response.body#/id"}},
+                "events": {"operationId": "getJobEvents", "parameters": {"id": "$response.body#/id"}},
+                "cancel": {"operationId": "cancelJob", "parameters": {"id": "$response.body#/id"}},
+            },
         }),
         "JobPending" => json!({
             "description": "The job is queued or running: poll again after `Retry-After`.",
@@ -589,7 +606,22 @@ fn response_json(name: &str) -> Option<Value> {
                             `: keepalive` comment when quiet, closed after the terminal event. \
                             Reconnect with `Last-Event-ID`.",
             "headers": {"Cache-Control": header(json!({"type": "string"}), "`no-cache`.", true)},
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            // Before OpenAPI 3.2 (`itemSchema`), the schema of an event stream describes each
+            // event.
+            "content": {"text/event-stream": {"schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["status", "progress"], "description": "`status` when the status changed, `progress` when only the progress did."},
+                    "id": {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "The document's ETag (without quotes): send it back as `Last-Event-ID`."},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/StatusDocument"},
+                        "description": "The status document.",
+                    },
+                },
+                "required": ["event", "id", "data"],
+            }}},
         }),
         "WorkerList" => json!({
             "description": "The live workers, sorted by id.",
