@@ -51,14 +51,21 @@ pub async fn read_json(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge { limit });
+    let read = async {
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BodyRead(e.to_string()))?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(body)
+    };
+    let seconds = shape.max_body_read_seconds.max(1);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(seconds), read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout { seconds })??;
     if body.is_empty() {
         return Err(ApiError::MalformedJson("the body is empty".into()));
     }
@@ -210,6 +217,7 @@ mod tests {
             max_json_depth: 4,
             max_string_bytes: 8,
             max_array_items: 3,
+            max_body_read_seconds: 1,
         }
     }
 

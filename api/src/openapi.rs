@@ -105,6 +105,7 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
             NotFound,
             Gone,
             SubmitConflict,
+            RequestTimeout,
             PayloadTooLarge,
             UnsupportedMediaType,
             SubmitUnprocessable,
@@ -283,7 +284,8 @@ fn job_request_schema(settings: &Settings) -> Value {
             "A job request. `type` names the job type; `input` must meet that type's rules \
              (else 422 naming each bad field). Any JSON in the body may nest at most {} levels \
              deep, hold strings of at most {} bytes and arrays of at most {} items (else 422); \
-             the whole body is at most {} bytes (else 413).",
+             no string may hold U+0000 (else 422); the whole body is at most {} bytes (else \
+             413).",
             limits.max_json_depth,
             limits.max_string_bytes,
             limits.max_array_items,
@@ -686,13 +688,19 @@ fn response_json(name: &str) -> Option<Value> {
             "headers": {"Retry-After": retry_after(false, "When a request with the same key is in progress.")},
             "content": problem_content("Problem"),
         }),
+        "RequestTimeout" => problem(
+            "The body did not arrive within the deployment's `limits.max_body_read_seconds` \
+             (a client that declares more than it sends, or trickles it).",
+            "Problem",
+        ),
         "PayloadTooLarge" => problem("The body is larger than the configured limit.", "Problem"),
         "UnsupportedMediaType" => problem("The body must be `application/json` (or `application/*+json`).", "Problem"),
         "SubmitUnprocessable" => json!({
             "description": "The request is valid JSON but breaks the rules: unknown `type`, \
                             input that fails its type's rules, a bad `priority` or \
                             `callback_url`, an unknown member, JSON nested too deep, a string or \
-                            array over the limits (`errors` names each). With `Prefer: wait`, \
+                            array over the limits, a string holding U+0000 (`errors` names \
+                            each). With `Prefer: wait`, \
                             also a job that rejected its input within the wait (a `JobProblem`).",
             "content": {"application/problem+json": {"schema": {"oneOf": [
                 {"$ref": "#/components/schemas/ValidationProblem"},
@@ -763,6 +771,7 @@ responses!(
     NotFound,
     Gone,
     SubmitConflict,
+    RequestTimeout,
     PayloadTooLarge,
     UnsupportedMediaType,
     SubmitUnprocessable,

@@ -95,6 +95,7 @@ pub struct LimitSettings {
     pub max_json_depth: usize,
     pub max_string_bytes: usize,
     pub max_array_items: usize,
+    pub max_body_read_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -35,6 +35,7 @@ use crate::submission::Submission;
         (status = 400, response = crate::openapi::InvalidHeader),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 409, response = crate::openapi::SubmitConflict),
+        (status = 408, response = crate::openapi::RequestTimeout),
         (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 415, response = crate::openapi::UnsupportedMediaType),
         (status = 422, response = crate::openapi::SubmitUnprocessable),
