@@ -99,7 +99,6 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
             NotReady,
             Metrics,
             BadRequest,
-            InvalidHeader,
             Unauthorized,
             Forbidden,
             NotFound,
@@ -356,7 +355,7 @@ fn problem_schemas() -> Vec<(&'static str, Value)> {
                 "description": "A request header that is not valid; `header` names it.",
                 "allOf": [
                     {"$ref": "#/components/schemas/Problem"},
-                    {"type": "object", "properties": {"header": {"type": "string"}}},
+                    {"type": "object", "properties": {"header": {"type": "string"}}, "required": ["header"]},
                 ],
             }),
         ),
@@ -660,12 +659,17 @@ fn response_json(name: &str) -> Option<Value> {
             "description": "Prometheus text exposition format 0.0.4.",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }),
-        "BadRequest" => problem("The body is not JSON (or not UTF-8, or empty), or could not be read.", "Problem"),
-        "InvalidHeader" => problem(
-            "A request header is not valid (`Idempotency-Key`: 1 to 255 visible ASCII \
-             characters, given once); or the body is not JSON.",
-            "Problem",
-        ),
+        "BadRequest" => json!({
+            "description": "The body is not JSON (or not UTF-8, or empty) or could not be read \
+                            (`/problems/malformed-json`, `/problems/bad-request`), or a request \
+                            header is not valid (`/problems/invalid-header`, `header` names it: \
+                            `Idempotency-Key` must be 1 to 255 visible ASCII characters, given \
+                            once).",
+            "content": {"application/problem+json": {"schema": {"anyOf": [
+                {"$ref": "#/components/schemas/HeaderProblem"},
+                {"$ref": "#/components/schemas/Problem"},
+            ]}}},
+        }),
         "Unauthorized" => json!({
             "description": "Missing or unknown API key (only when the deployment turns authentication on).",
             "headers": {"WWW-Authenticate": header(json!({"type": "string"}), "`Bearer`, with the reason.", true)},
@@ -702,7 +706,7 @@ fn response_json(name: &str) -> Option<Value> {
                             array over the limits, a string holding U+0000 (`errors` names \
                             each). With `Prefer: wait`, \
                             also a job that rejected its input within the wait (a `JobProblem`).",
-            "content": {"application/problem+json": {"schema": {"oneOf": [
+            "content": {"application/problem+json": {"schema": {"anyOf": [
                 {"$ref": "#/components/schemas/ValidationProblem"},
                 {"$ref": "#/components/schemas/JobProblem"},
             ]}}},
@@ -765,7 +769,6 @@ responses!(
     NotReady,
     Metrics,
     BadRequest,
-    InvalidHeader,
     Unauthorized,
     Forbidden,
     NotFound,

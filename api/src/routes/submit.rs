@@ -32,7 +32,7 @@ use crate::submission::Submission;
     responses(
         (status = 202, response = crate::openapi::JobAccepted),
         (status = 303, response = crate::openapi::JobSucceeded),
-        (status = 400, response = crate::openapi::InvalidHeader),
+        (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 409, response = crate::openapi::SubmitConflict),
         (status = 408, response = crate::openapi::RequestTimeout),
