@@ -946,6 +946,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_job_request_follows_the_catalog_and_the_webhook_settings() {
+        let mut settings = Settings::load(None).expect("default settings");
+        settings.webhooks.allowed_hosts.clear();
+        let doc = document_value(&settings);
+        let request = &doc["components"]["schemas"]["JobRequest"];
+        let hash = request["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|alt| alt["properties"]["type"]["const"] == "hash")
+            .expect("hash");
+        let input = &hash["properties"]["input"];
+        assert_eq!(input["required"], json!(["bytes"]));
+        assert_eq!(input["properties"]["bytes"]["maximum"], json!(1u64 << 30));
+        assert_eq!(
+            input["properties"]["seed"]["type"],
+            json!(["integer", "null"])
+        );
+        assert_eq!(hash["properties"]["callback_url"]["type"], "null");
+
+        settings.webhooks.allowed_hosts = vec!["hooks.example.com".into()];
+        let doc = document_value(&settings);
+        let callback =
+            &doc["components"]["schemas"]["JobRequest"]["oneOf"][0]["properties"]["callback_url"];
+        assert_eq!(callback["type"], json!(["string", "null"]));
+        assert!(callback["description"]
+            .as_str()
+            .unwrap()
+            .contains("hooks.example.com"));
+    }
+
+    #[test]
     fn every_response_component_has_its_json() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         for name in doc["components"]["responses"].as_object().unwrap().keys() {
