@@ -23,6 +23,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
+    #[error("the request body did not arrive within {seconds} s")]
+    BodyTimeout { seconds: u64 },
     #[error("{detail}")]
     Validation {
         detail: String,
@@ -80,6 +82,9 @@ impl ApiError {
                 Problem::new(status, "payload-too-large", "Request body too large")
             }
             ApiError::BodyRead(_) => Problem::new(status, "bad-request", "Bad request"),
+            ApiError::BodyTimeout { .. } => {
+                Problem::new(status, "request-timeout", "Request body too slow")
+            }
             ApiError::Validation { errors, .. } => {
                 Problem::new(status, "validation", "The request is not valid")
                     .extension("errors", json!(errors))
@@ -139,6 +144,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::MalformedJson(_) | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,

@@ -72,6 +72,18 @@ pub fn status_answer(
         }
         return builder.finish();
     }
+    fresh_status_answer(doc, doc_bytes, retry, query)
+}
+
+/// The status monitor's answer without regard to conditional headers: for a submit's
+/// `Prefer: wait`, whose `If-None-Match` (if any) cannot name a document it never saw.
+pub fn fresh_status_answer(
+    doc: &StatusDocument,
+    doc_bytes: Vec<u8>,
+    retry: &RetryAfterSettings,
+    query: Option<&str>,
+) -> HttpResponse {
+    let tag = etag(&doc_bytes);
     match doc.status {
         JobStatus::Queued | JobStatus::Running => HttpResponse::Accepted()
             .insert_header((header::LOCATION, with_query(doc.id.status_path(), query)))

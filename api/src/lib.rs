@@ -15,6 +15,7 @@ pub mod limits;
 pub mod long_poll;
 pub mod metrics;
 pub mod notifier;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod signing;

@@ -5,9 +5,10 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
+use actix_web::http::Method;
 use actix_web::middleware::{Condition, ErrorHandlers, Logger};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpResponse, HttpServer};
 use shared::{JobId, Settings};
 
 use crate::auth::{Caller, Keyring};
@@ -106,11 +107,22 @@ impl Application {
         let cors_settings = settings.cors.clone();
         let header_limit = settings.http.max_header_bytes;
         let body_limit = settings.http.body_limit_bytes;
+        let openapi = web::Data::new(crate::openapi::OpenApiDocument(crate::openapi::document(
+            &settings,
+        )));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 // Our own body reader enforces the limit; this keeps actix's extractors in line.
                 .app_data(web::PayloadConfig::new(body_limit))
+                // HEAD is a GET without a body (RFC 9110, 9.3.2): route it as one; the HTTP
+                // layer, which parsed a HEAD, sends no body.
+                .wrap_fn(|mut req, srv| {
+                    if req.method() == Method::HEAD {
+                        req.head_mut().method = Method::GET;
+                    }
+                    srv.call(req)
+                })
                 .wrap(ErrorHandlers::new().default_handler(fallback::problem_for_bare_errors))
                 .wrap(Condition::new(
                     !cors_settings.allowed_origins.is_empty(),
@@ -161,6 +173,22 @@ impl Application {
                     web::resource("/metrics")
                         .route(web::get().to(crate::routes::metrics::metrics))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .service(
+                    web::resource("/openapi.json")
+                        .app_data(openapi.clone())
+                        .route(web::get().to(crate::openapi::openapi_json))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                // Swagger UI over /openapi.json; its assets are compiled in (vendored).
+                .service(web::resource("/docs").route(web::get().to(|| async {
+                    HttpResponse::MovedPermanently()
+                        .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+                        .finish()
+                })))
+                .service(
+                    utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+                        .config(utoipa_swagger_ui::Config::new(["/openapi.json"])),
                 )
                 .default_service(web::to(fallback::not_found))
         })

@@ -63,7 +63,7 @@ impl Submission {
 
         let priority = match body.get("priority") {
             None | Some(Value::Null) => 0,
-            Some(v) => match v.as_u64() {
+            Some(v) => match job_types::as_integer(v) {
                 Some(p) if p <= 9 => p as u8,
                 _ => {
                     errors.push(FieldError::new(
@@ -90,9 +90,10 @@ impl Submission {
             }
         };
 
-        let input = body.remove("input").unwrap_or(Value::Null);
+        let mut input = body.remove("input").unwrap_or(Value::Null);
         if let Some(spec) = spec {
             errors.extend(spec.validate(&input));
+            spec.normalize(&mut input);
         }
         match spec {
             Some(spec) if errors.is_empty() => Ok(Submission {

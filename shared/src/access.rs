@@ -183,9 +183,15 @@ impl SigningSettings {
     }
 }
 
-/// Per-key request rates, concurrent waits, and admission control. 0 turns a limit off.
+/// `[limits]`: bounds on what a request may hold (the shape of bodies), per-key request rates,
+/// concurrent waits, and admission control. 0 turns a rate, wait or admission limit off.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitSettings {
+    // Shape of request bodies (see `api/src/body.rs`).
+    pub max_json_depth: usize,
+    pub max_string_bytes: usize,
+    pub max_array_items: usize,
+    pub max_body_read_seconds: u64,
     /// Submits per second per API key (sustained), and the burst allowed above it.
     pub submit_per_second: u32,
     pub submit_burst: u32,

@@ -8,7 +8,8 @@ use std::path::Path;
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 
-use crate::access::{AuthSettings, CorsSettings, LimitSettings, SigningSettings};
+pub use crate::access::LimitSettings;
+use crate::access::{AuthSettings, CorsSettings, SigningSettings};
 use crate::job_types::JobTypeSpec;
 use crate::webhooks::WebhookSettings;
 

@@ -16,6 +16,7 @@ pub const TTL_HEARTBEATS: u64 = 3;
 
 /// What a worker tells about itself (served as is by `GET /v1/workers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerRecord {
     pub id: String,
     pub host: String,

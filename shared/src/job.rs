@@ -15,6 +15,7 @@ pub const JOBS_PATH: &str = "/v1/jobs";
 /// An unguessable job id (UUID v4: 122 random bits). Parsing is the only way to get one from
 /// outside, so a `JobId` that exists is safe to put into a Redis key or a URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct JobId(Uuid);
 
@@ -72,6 +73,7 @@ impl FromStr for JobId {
 /// Where a job is in its life. `Succeeded`, `Failed` and `Canceled` are terminal: nothing moves
 /// a job out of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -108,6 +110,7 @@ impl fmt::Display for JobStatus {
 
 /// The latest progress a handler reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// 0 to 100.
     pub percent: f64,
@@ -118,6 +121,7 @@ pub struct Progress {
 /// Why a job failed. Decides how the status monitor answers: `InputRejected` is the client's
 /// fault (422), everything else is a failed dependency (424).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum JobErrorKind {
     /// The handler rejected its input (a business rule only the worker could check).
@@ -160,6 +164,7 @@ impl JobErrorKind {
 
 /// The job's own error, as written into its status document (RFC 9457 members).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobError {
     /// A URI reference naming the kind of failure, `/problems/job/<kind>`.
     #[serde(rename = "type")]
@@ -183,6 +188,7 @@ impl JobError {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Links {
     #[serde(rename = "self")]
     pub self_: String,
@@ -208,6 +214,7 @@ impl Links {
 
 /// What `GET /v1/jobs/{id}` shows. Stored in Redis as JSON exactly as served.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusDocument {
     pub id: JobId,
     #[serde(rename = "type")]

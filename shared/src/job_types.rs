@@ -53,6 +53,7 @@ pub struct JobTypeSpec {
 
 /// One invalid field of a request, reported in the problem's `errors` member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     /// Dotted path, e.g. `input.seconds`.
     pub field: String,
@@ -238,6 +239,36 @@ impl JobTypeSpec {
     }
 }
 
+/// A JSON number that is a non-negative integer, however it is written: `8`, `8.0` and `8e0`
+/// are all the integer 8 (JSON Schema's `integer` counts them so, and clients write them so).
+pub fn as_integer(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64()?;
+    // 2^64 is exactly representable; everything below it with no fraction fits a u64.
+    (f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&f)).then_some(f as u64)
+}
+
+impl JobTypeSpec {
+    /// Rewrites integer fields written as floats (`8.0`) as integers (`8`), so the worker's
+    /// typed input (`u64`) reads them. Call after [`JobTypeSpec::validate`] found no error.
+    pub fn normalize(&self, input: &mut Value) {
+        let (InputRules::Object(fields), Some(object)) = (self.input, input.as_object_mut()) else {
+            return;
+        };
+        for field in fields {
+            if let (FieldKind::Integer { .. }, Some(value)) =
+                (field.kind, object.get_mut(field.name))
+            {
+                if let Some(n) = as_integer(value) {
+                    *value = Value::from(n);
+                }
+            }
+        }
+    }
+}
+
 fn check_field(kind: FieldKind, value: &Value) -> Result<(), String> {
     match kind {
         FieldKind::Number { min, max } => match value.as_f64() {
@@ -245,7 +276,7 @@ fn check_field(kind: FieldKind, value: &Value) -> Result<(), String> {
             Some(_) => Err(format!("must be between {min} and {max}")),
             None => Err("must be a number".into()),
         },
-        FieldKind::Integer { min, max } => match value.as_u64() {
+        FieldKind::Integer { min, max } => match as_integer(value) {
             Some(n) if (min..=max).contains(&n) => Ok(()),
             Some(_) => Err(format!("must be between {min} and {max}")),
             None if value.is_number() => Err(format!("must be an integer between {min} and {max}")),
@@ -300,6 +331,25 @@ mod tests {
             .unwrap()
             .validate(&json!({"seconds": 0.5}))
             .is_empty());
+    }
+
+    #[test]
+    fn integers_written_as_floats_are_integers() {
+        let hash = spec(HASH).unwrap();
+        let mut input = json!({"bytes": 8.0, "seed": 1e3});
+        assert!(hash.validate(&input).is_empty());
+        hash.normalize(&mut input);
+        let typed: HashInput = serde_json::from_value(input).unwrap();
+        assert_eq!((typed.bytes, typed.seed), (8, 1000));
+        assert_eq!(
+            fields(&hash.validate(&json!({"bytes": 8.5}))),
+            ["input.bytes"]
+        );
+        assert_eq!(
+            fields(&hash.validate(&json!({"bytes": -1.0}))),
+            ["input.bytes"]
+        );
+        assert_eq!(as_integer(&json!(1.8446744073709552e19)), None);
     }
 
     #[test]

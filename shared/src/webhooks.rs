@@ -201,6 +201,7 @@ impl HostPattern {
 
 /// Where the delivery of a job's callback stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum CallbackState {
     /// Not delivered yet (the job runs, or attempts are still to come).
@@ -213,6 +214,7 @@ pub enum CallbackState {
 
 /// The `callback` member of the status document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Callback {
     pub url: String,
     pub state: CallbackState,

@@ -76,7 +76,8 @@ async fn bad_bodies_get_400_415_413_and_nothing_is_queued() {
         StatusCode::BAD_REQUEST,
     )
     .await;
-    // Nesting deeper than the parser allows is a 400, not a stack overflow.
+    // Nesting deeper than `limits.max_json_depth` is a 422 (found before parsing), not a
+    // stack overflow.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_stack = Stack::start_with("deep", StackOptions::default().workers(0)).await;
     problem(
@@ -88,7 +89,7 @@ async fn bad_bodies_get_400_415_413_and_nothing_is_queued() {
             .send()
             .await
             .unwrap(),
-        StatusCode::BAD_REQUEST,
+        StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
 

@@ -16,6 +16,27 @@ use crate::problem::Problem;
 use crate::routes::jobs::parse_id;
 use crate::startup::AppState;
 
+/// Cancel a job
+///
+/// A queued job never starts; a running job's handler is told to stop and the job ends
+/// `canceled`. `DELETE` cancels, it does not forget the record.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "cancelJob",
+    params(crate::openapi::JobIdPath),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, response = crate::openapi::JobCanceledAlready),
+        (status = 202, response = crate::openapi::JobCancelAccepted),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::JobFinishedConflict),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn cancel(
     path: web::Path<String>,
     state: web::Data<AppState>,

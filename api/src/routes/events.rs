@@ -111,6 +111,26 @@ async fn next_frame(mut s: Stream) -> Option<(Result<Bytes, actix_web::Error>, S
     }
 }
 
+/// Follow a job's changes (server-sent events)
+///
+/// One event per status or progress change, closed after the terminal one.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/events",
+    tag = "jobs",
+    operation_id = "getJobEvents",
+    params(crate::openapi::JobIdPath, crate::openapi::SignedUrl, crate::openapi::LastEventId),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, response = crate::openapi::JobEvents),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 410, response = crate::openapi::Gone),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn events(
     req: HttpRequest,
     path: web::Path<String>,

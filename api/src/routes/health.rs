@@ -12,10 +12,27 @@ use crate::startup::AppState;
 /// A readiness probe must answer quickly even when a dependency hangs.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Liveness
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "getHealth",
+    responses(        (status = 200, response = crate::openapi::Health))
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
+/// Readiness: RabbitMQ and Redis reachable
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "getReadiness",
+    responses(        (status = 200, response = crate::openapi::Ready),
+        (status = 503, response = crate::openapi::NotReady))
+)]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (redis, rabbitmq) = tokio::join!(
         tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),

@@ -31,6 +31,33 @@ fn decode(bytes: &[u8]) -> Result<StatusDocument, ApiError> {
     })
 }
 
+/// Poll a job (the status monitor)
+///
+/// Answers each poll with what the synchronous request would have answered had it waited:
+/// `202` while queued or running, `303` to the result once succeeded, the job's failure as a
+/// `422`/`424` problem, `409` when canceled.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    operation_id = "getJobStatus",
+    params(crate::openapi::JobIdPath, crate::openapi::SignedUrl, crate::openapi::IfNoneMatch, crate::openapi::PreferWait),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, response = crate::openapi::JobPending),
+        (status = 303, response = crate::openapi::JobSucceeded),
+        (status = 304, response = crate::openapi::NotModified),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::JobCanceledConflict),
+        (status = 410, response = crate::openapi::Gone),
+        (status = 422, response = crate::openapi::JobFailedInput),
+        (status = 424, response = crate::openapi::JobFailed),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn status(
     req: HttpRequest,
     path: web::Path<String>,
@@ -73,6 +100,32 @@ pub async fn status(
     Ok(response)
 }
 
+/// Read a job's result
+///
+/// `200` with the result once the job succeeded; before that, and when it failed or was
+/// canceled, the same answer as the status monitor.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/result",
+    tag = "jobs",
+    operation_id = "getJobResult",
+    params(crate::openapi::JobIdPath, crate::openapi::SignedUrl, crate::openapi::IfNoneMatch),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, response = crate::openapi::JobResult),
+        (status = 202, response = crate::openapi::JobPending),
+        (status = 304, response = crate::openapi::NotModified),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::JobCanceledConflict),
+        (status = 410, response = crate::openapi::Gone),
+        (status = 422, response = crate::openapi::JobFailedInput),
+        (status = 424, response = crate::openapi::JobFailed),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn result(
     req: HttpRequest,
     path: web::Path<String>,

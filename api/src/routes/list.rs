@@ -128,7 +128,26 @@ impl ListQuery {
     }
 }
 
-/// The caller's own jobs only: the index is per tenant.
+/// List jobs
+///
+/// The caller's jobs, newest first, a page at a time; `next_cursor` (and a `Link: rel="next"`
+/// header) lead to the next page. A filtered page may hold fewer than `limit` jobs and still
+/// have a next page.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "listJobs",
+    params(crate::openapi::ListParams),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, response = crate::openapi::JobList),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 422, response = crate::openapi::InvalidParameter),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn list(
     req: HttpRequest,
     state: web::Data<AppState>,

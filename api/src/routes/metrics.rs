@@ -12,6 +12,14 @@ use actix_web::{web, HttpResponse};
 use crate::metrics;
 use crate::startup::AppState;
 
+/// Prometheus metrics
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "getMetrics",
+    responses(        (status = 200, response = crate::openapi::Metrics))
+)]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Queue figures are read now: a scrape every few seconds costs the broker nothing.
     if let Ok(stats) = state.broker.queue_stats().await {

@@ -13,11 +13,39 @@ use crate::auth::Caller;
 use crate::body::read_json;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, Idempotency};
-use crate::job_response::{etag, retry_after, status_answer, with_query};
+use crate::job_response::{etag, fresh_status_answer, retry_after, with_query};
 use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
 use crate::startup::AppState;
 use crate::submission::Submission;
 
+/// Submit a job
+///
+/// Validates the request and the job type's input rules, records the job as `queued` in Redis,
+/// publishes it (persistent, confirmed) and only then answers `202` with `Location` (the status
+/// monitor) and `Retry-After`. Nothing is queued for a request that gets a 4xx.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    operation_id = "submitJob",
+    params(crate::openapi::SubmitHeaders, crate::openapi::PreferWait),
+    request_body(content = crate::openapi::JobRequest, content_type = "application/json"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 202, response = crate::openapi::JobAccepted),
+        (status = 303, response = crate::openapi::JobSucceeded),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 409, response = crate::openapi::SubmitConflict),
+        (status = 408, response = crate::openapi::RequestTimeout),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, response = crate::openapi::SubmitUnprocessable),
+        (status = 424, response = crate::openapi::JobFailed),
+        (status = 429, response = crate::openapi::TooManyRequests),
+        (status = 503, response = crate::openapi::Unavailable),
+    )
+)]
 pub async fn submit(
     req: HttpRequest,
     payload: web::Payload,
@@ -57,7 +85,13 @@ async fn submit_traced(
         state.limits.admit(state.estimates.queue_depth().await)?;
     }
     let store = state.store.for_tenant(&caller.tenant);
-    let body = read_json(&req, payload, state.settings.http.body_limit_bytes).await?;
+    let body = read_json(
+        &req,
+        payload,
+        state.settings.http.body_limit_bytes,
+        &state.settings.limits,
+    )
+    .await?;
     let idempotency = Idempotency::from_request(&req, &body)?;
     let submission = Submission::parse_with(body, &state.settings.webhooks)?;
 
@@ -139,13 +173,9 @@ async fn submit_traced(
     };
     let latest = wait_for(&store, &id, watch, Until::Terminal, wait).await?;
     let mut response = match serde_json::from_slice::<StatusDocument>(&latest) {
-        Ok(doc) if doc.status.is_terminal() => status_answer(
-            &req,
-            &doc,
-            latest,
-            &state.settings.retry_after,
-            query.as_deref(),
-        ),
+        Ok(doc) if doc.status.is_terminal() => {
+            fresh_status_answer(&doc, latest, &state.settings.retry_after, query.as_deref())
+        }
         _ => accepted,
     };
     mark_applied(&mut response, wait);

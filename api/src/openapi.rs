@@ -1,0 +1,1022 @@
+//! The OpenAPI 3.1 document of the HTTP contract (`GET /openapi.json`, shown by Swagger UI at
+//! `/docs`).
+//!
+//! Where each part comes from:
+//! - operations: the `#[utoipa::path]` attribute on each handler (`routes/*.rs`), next to the
+//!   code that answers them;
+//! - the served types (status document, job error, worker record, field error): `ToSchema`
+//!   derived on the `shared` types themselves (feature `openapi`);
+//! - the request body of `POST /v1/jobs`: built from the job type catalog
+//!   (`shared::job_types::CATALOG`) and the settings, so it says exactly what the facade
+//!   accepts (a schemathesis run in CI holds the facade to it, in both directions);
+//! - reusable responses, parameters and problem schemas: written once below as JSON, because
+//!   utoipa's `Header` type cannot say that a header is always present (`required`).
+
+use std::borrow::Cow;
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+use shared::job_types::{FieldKind, InputRules, CATALOG};
+use shared::Settings;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{RefOr, Response, Schema};
+use utoipa::{IntoParams, OpenApi, PartialSchema, ToResponse, ToSchema};
+
+use crate::routes;
+
+/// The document as served: built once at start from the settings.
+pub struct OpenApiDocument(pub Vec<u8>);
+
+/// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    operation_id = "getOpenApiDocument",
+    responses((status = 200, response = OpenApiJson))
+)]
+pub async fn openapi_json(doc: web::Data<OpenApiDocument>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc.0.clone())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "async-request-reply",
+        description = "Asynchronous Request-Reply: `POST /v1/jobs` answers `202 Accepted` at once \
+with a `Location` to poll; the status monitor answers `202` while the job is pending, `303 See \
+Other` to the result once it succeeded, and the job's own failure as a `4xx` problem. Every 4xx \
+and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        routes::submit::submit,
+        routes::list::list,
+        routes::jobs::status,
+        routes::cancel::cancel,
+        routes::jobs::result,
+        routes::events::events,
+        routes::workers::list,
+        routes::health::healthz,
+        routes::health::readyz,
+        routes::metrics::metrics,
+        openapi_json,
+    ),
+    components(
+        schemas(
+            shared::StatusDocument,
+            shared::JobStatus,
+            shared::Progress,
+            shared::JobError,
+            shared::JobErrorKind,
+            shared::job::Links,
+            shared::webhooks::Callback,
+            shared::webhooks::CallbackState,
+            shared::fleet::WorkerRecord,
+            shared::job_types::FieldError,
+            JobRequest,
+        ),
+        responses(
+            OpenApiJson,
+            JobAccepted,
+            JobPending,
+            JobSucceeded,
+            JobResult,
+            NotModified,
+            JobCanceledConflict,
+            JobFailedInput,
+            JobFailed,
+            JobFinishedConflict,
+            JobCanceledAlready,
+            JobCancelAccepted,
+            JobList,
+            JobEvents,
+            WorkerList,
+            Health,
+            Ready,
+            NotReady,
+            Metrics,
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            Gone,
+            SubmitConflict,
+            RequestTimeout,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            SubmitUnprocessable,
+            InvalidParameter,
+            TooManyRequests,
+            Unavailable,
+        )
+    ),
+    modifiers(&SecurityScheme),
+    tags(
+        (name = "jobs", description = "Submit jobs, poll their status, read results, cancel, \
+follow their events."),
+        (name = "operations", description = "Health, readiness, metrics, the worker fleet and \
+this document."),
+    )
+)]
+struct ApiDoc;
+
+/// The `bearer` scheme: an API key sent as `Authorization: Bearer <key>`.
+struct SecurityScheme;
+
+impl utoipa::Modify for SecurityScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key as a bearer token (`Authorization: Bearer <key>`). Optional \
+                         while the deployment runs without authentication; when it is on, a \
+                         missing or unknown key is a 401 and a key of another tenant sees 404.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document for these settings, as JSON bytes.
+pub fn document(settings: &Settings) -> Vec<u8> {
+    // Serialising the derived document and JSON values cannot fail.
+    serde_json::to_vec(&document_value(settings)).unwrap_or_default()
+}
+
+/// The document for these settings.
+pub fn document_value(settings: &Settings) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+    let components = &mut doc["components"];
+    // Responses as written below (with `required` headers, which utoipa's types drop).
+    if let Some(responses) = components["responses"].as_object_mut() {
+        for (name, response) in responses.iter_mut() {
+            if let Some(full) = response_json(name) {
+                *response = full;
+            }
+        }
+    }
+    if let Some(schemas) = components["schemas"].as_object_mut() {
+        for (name, schema) in problem_schemas() {
+            schemas.insert(name.into(), schema);
+        }
+        schemas.insert("JobRequest".into(), job_request_schema(settings));
+    }
+    if settings.auth.enabled {
+        require_bearer(&mut doc);
+    }
+    doc
+}
+
+/// With authentication on, every `/v1` operation needs the bearer key, except the three that
+/// read one job, which a signed URL (its query parameters) also authorizes.
+fn require_bearer(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            let reads_a_job = method == "get"
+                && (path == "/v1/jobs/{id}"
+                    || path == "/v1/jobs/{id}/result"
+                    || path == "/v1/jobs/{id}/events");
+            if !reads_a_job && operation.get("security").is_some() {
+                operation["security"] = json!([{"bearer": []}]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request body of `POST /v1/jobs`, from the catalog.
+
+/// Marker for the `JobRequest` schema (the real one depends on the settings; see
+/// [`job_request_schema`]).
+pub struct JobRequest;
+
+impl PartialSchema for JobRequest {
+    fn schema() -> RefOr<Schema> {
+        from_json(json!({"type": "object"}))
+    }
+}
+
+impl ToSchema for JobRequest {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("JobRequest")
+    }
+}
+
+/// One alternative per job type: its `type`, its `input` rules, `priority`, `callback_url`.
+fn job_request_schema(settings: &Settings) -> Value {
+    let webhooks_on = !settings.webhooks.allowed_hosts.is_empty();
+    let callback_url = if webhooks_on {
+        json!({
+            "type": ["string", "null"],
+            "format": "uri",
+            "description": format!(
+                "Where to POST the final status document (signed, see the README). Only \
+                 http(s) URLs without credentials whose host is allowed by the deployment: {}.",
+                settings.webhooks.allowed_hosts.join(", ")
+            ),
+        })
+    } else {
+        json!({
+            "type": "null",
+            "description": "Webhooks are off in this deployment: any URL is refused with a 422.",
+        })
+    };
+    let alternatives: Vec<Value> = CATALOG
+        .iter()
+        .map(|spec| {
+            let input = match spec.input {
+                InputRules::Any => json!({
+                    "description": "Any JSON value (absent means null).",
+                }),
+                InputRules::Object(fields) => {
+                    let mut properties = Map::new();
+                    let mut required = Vec::new();
+                    for field in fields {
+                        let mut schema = match field.kind {
+                            FieldKind::Number { min, max } => {
+                                json!({"type": "number", "minimum": min, "maximum": max})
+                            }
+                            FieldKind::Integer { min, max } => {
+                                json!({"type": "integer", "minimum": min, "maximum": max})
+                            }
+                            FieldKind::String {
+                                min_chars,
+                                max_chars,
+                            } => json!({
+                                "type": "string", "minLength": min_chars, "maxLength": max_chars,
+                            }),
+                            FieldKind::OneOf(options) => json!({"type": "string", "enum": options}),
+                        };
+                        if field.required {
+                            required.push(field.name);
+                        } else {
+                            // An optional field may also be given as null (same as absent).
+                            make_nullable(&mut schema);
+                        }
+                        schema["description"] = json!(field.description);
+                        properties.insert(field.name.into(), schema);
+                    }
+                    json!({
+                        "type": "object",
+                        "properties": properties,
+                        "required": required,
+                        "additionalProperties": false,
+                    })
+                }
+            };
+            let mut required = vec!["type"];
+            if matches!(spec.input, InputRules::Object(_)) {
+                required.push("input");
+            }
+            json!({
+                "title": spec.name,
+                "description": spec.description,
+                "examples": [{"type": spec.name, "input": example_input(spec.name)}],
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "const": spec.name},
+                    "input": input,
+                    "priority": {
+                        "type": ["integer", "null"], "minimum": 0, "maximum": 9, "default": 0,
+                        "description": "Among queued jobs, higher runs first.",
+                    },
+                    "callback_url": callback_url,
+                },
+                "required": required,
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let limits = &settings.limits;
+    json!({
+        "description": format!(
+            "A job request. `type` names the job type; `input` must meet that type's rules \
+             (else 422 naming each bad field). Any JSON in the body may nest at most {} levels \
+             deep, hold strings of at most {} bytes and arrays of at most {} items (else 422); \
+             no string may hold U+0000 (else 422); the whole body is at most {} bytes (else \
+             413).",
+            limits.max_json_depth,
+            limits.max_string_bytes,
+            limits.max_array_items,
+            settings.http.body_limit_bytes
+        ),
+        "oneOf": alternatives,
+    })
+}
+
+/// A valid input of each built-in type, for the document's examples.
+fn example_input(job_type: &str) -> Value {
+    match job_type {
+        "sleep" => json!({"seconds": 0.5}),
+        "hash" => json!({"bytes": 1_000_000, "seed": 1}),
+        "fail" => json!({"message": "disk on fire"}),
+        _ => json!({"hello": "world"}),
+    }
+}
+
+fn make_nullable(schema: &mut Value) {
+    if let Some(Value::String(t)) = schema.get("type").cloned() {
+        schema["type"] = json!([t, "null"]);
+        if let Some(Value::Array(options)) = schema.get_mut("enum") {
+            options.push(Value::Null);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Problem details (RFC 9457).
+
+fn problem_schemas() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "Problem",
+            json!({
+                "description": "RFC 9457 problem details; more members may follow.",
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "description": "A URI reference naming the problem, `/problems/<slug>` (or `about:blank`)."},
+                    "title": {"type": "string"},
+                    "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                    "detail": {"type": "string"},
+                    "instance": {"type": "string"},
+                },
+                "required": ["type", "title", "status"],
+            }),
+        ),
+        (
+            "ValidationProblem",
+            json!({
+                "description": "A request that breaks the rules: every bad field is named in `errors`.",
+                "allOf": [
+                    {"$ref": "#/components/schemas/Problem"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+                        },
+                        "required": ["errors"],
+                    },
+                ],
+            }),
+        ),
+        (
+            "HeaderProblem",
+            json!({
+                "description": "A request header that is not valid; `header` names it.",
+                "allOf": [
+                    {"$ref": "#/components/schemas/Problem"},
+                    {"type": "object", "properties": {"header": {"type": "string"}}, "required": ["header"]},
+                ],
+            }),
+        ),
+        (
+            "ParameterProblem",
+            json!({
+                "description": "A query parameter that is unknown, repeated or not valid; `parameter` names it.",
+                "allOf": [
+                    {"$ref": "#/components/schemas/Problem"},
+                    {"type": "object", "properties": {"parameter": {"type": "string"}}, "required": ["parameter"]},
+                ],
+            }),
+        ),
+        (
+            "JobProblem",
+            json!({
+                "description": "A job that failed or was canceled: the error is written to the \
+                                status location. `instance` is the job's status monitor and `job` \
+                                its status document (with the job's own error inside).",
+                "allOf": [
+                    {"$ref": "#/components/schemas/Problem"},
+                    {
+                        "type": "object",
+                        "properties": {"job": {"$ref": "#/components/schemas/StatusDocument"}},
+                        "required": ["instance", "job"],
+                    },
+                ],
+            }),
+        ),
+        (
+            "NotReadyProblem",
+            json!({
+                "allOf": [
+                    {"$ref": "#/components/schemas/Problem"},
+                    {
+                        "type": "object",
+                        "properties": {"checks": {"$ref": "#/components/schemas/Checks"}},
+                        "required": ["checks"],
+                    },
+                ],
+            }),
+        ),
+        (
+            "Checks",
+            json!({
+                "type": "object",
+                "properties": {
+                    "redis": {"$ref": "#/components/schemas/Check"},
+                    "rabbitmq": {"$ref": "#/components/schemas/Check"},
+                },
+                "required": ["redis", "rabbitmq"],
+            }),
+        ),
+        (
+            "Check",
+            json!({
+                "type": "object",
+                "properties": {
+                    "status": {"type": "string", "enum": ["up", "down"]},
+                    "error": {"type": "string"},
+                },
+                "required": ["status"],
+            }),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reusable responses.
+
+fn header(schema: Value, description: &str, required: bool) -> Value {
+    let mut h = json!({"schema": schema, "description": description});
+    if required {
+        h["required"] = json!(true);
+    }
+    h
+}
+
+fn location(description: &str) -> Value {
+    header(
+        json!({"type": "string", "format": "uri-reference"}),
+        description,
+        true,
+    )
+}
+
+fn retry_after(required: bool, description: &str) -> Value {
+    header(
+        json!({"type": "integer", "minimum": 0}),
+        description,
+        required,
+    )
+}
+
+fn etag(required: bool) -> Value {
+    header(
+        json!({"type": "string", "pattern": "^\"[0-9a-f]{16}\"$"}),
+        "A strong validator of this representation; send it back in `If-None-Match`.",
+        required,
+    )
+}
+
+fn cache_control() -> Value {
+    header(
+        json!({"type": "string"}),
+        "`private, no-cache`: cacheable only if revalidated.",
+        true,
+    )
+}
+
+fn preference_applied() -> Value {
+    header(
+        json!({"type": "string", "pattern": "^wait=[0-9]+$"}),
+        "`wait=N` when a `Prefer: wait` was honoured (N: the seconds it could wait, capped).",
+        false,
+    )
+}
+
+fn json_content(schema_ref: &str) -> Value {
+    json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_ref}")}}})
+}
+
+fn problem_content(schema_ref: &str) -> Value {
+    json!({"application/problem+json": {"schema": {"$ref": format!("#/components/schemas/{schema_ref}")}}})
+}
+
+fn problem(description: &str, schema_ref: &str) -> Value {
+    json!({"description": description, "content": problem_content(schema_ref)})
+}
+
+/// The full JSON of each response component named in [`ApiDoc`].
+fn response_json(name: &str) -> Option<Value> {
+    let status_doc_pending = || {
+        json!({
+            "Location": location("The status monitor (itself): poll it."),
+            "Retry-After": retry_after(true, "Seconds to wait before the next poll (an estimate from the job type's observed durations and the job's place in the queue, clamped to the configured bounds)."),
+            "ETag": etag(true),
+            "Cache-Control": cache_control(),
+            "Preference-Applied": preference_applied(),
+        })
+    };
+    let job_problem = |description: &str| {
+        json!({
+            "description": description,
+            "headers": {"ETag": etag(true), "Cache-Control": cache_control()},
+            "content": problem_content("JobProblem"),
+        })
+    };
+    Some(match name {
+        "OpenApiJson" => json!({
+            "description": "This OpenAPI 3.1 document.",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }),
+        "JobAccepted" => json!({
+            "description": "Accepted: the job is recorded and the broker confirmed its publish. \
+                            Also the answer to a repeat with the same `Idempotency-Key` and body \
+                            (the first job, as it is now), and to `Prefer: wait=N` when the job \
+                            did not end in time.",
+            "headers": {
+                "Location": location("The job's status monitor, `/v1/jobs/{id}`."),
+                "Retry-After": retry_after(true, "Seconds to wait before the first poll (an estimate)."),
+                "ETag": etag(true),
+                "Idempotent-Replayed": header(json!({"type": "string", "enum": ["true"]}), "`true` when this answer replays an earlier request's job.", false),
+                "Preference-Applied": preference_applied(),
+            },
+            "content": json_content("StatusDocument"),
+            "links": {
+                "status": {"operationId": "getJobStatus", "parameters": {"id": "$response.body#/id"}},
+                "result": {"operationId": "getJobResult", "parameters": {"id": "$response.body#/id"}},
+                "events": {"operationId": "getJobEvents", "parameters": {"id": "$response.body#/id"}},
+                "cancel": {"operationId": "cancelJob", "parameters": {"id": "$response.body#/id"}},
+            },
+        }),
+        "JobPending" => json!({
+            "description": "The job is queued or running: poll again after `Retry-After`.",
+            "headers": status_doc_pending(),
+            "content": json_content("StatusDocument"),
+        }),
+        "JobSucceeded" => json!({
+            "description": "The job succeeded: its result is at `Location`.",
+            "headers": {
+                "Location": location("The result, `/v1/jobs/{id}/result`."),
+                "ETag": etag(true),
+                "Cache-Control": cache_control(),
+                "Preference-Applied": preference_applied(),
+            },
+            "content": json_content("StatusDocument"),
+        }),
+        "JobResult" => json!({
+            "description": "The job's result: whatever JSON its handler returned.",
+            "headers": {
+                "ETag": etag(true),
+                "Cache-Control": header(json!({"type": "string"}), "`private, max-age=0`.", true),
+            },
+            "content": {"application/json": {"schema": {}}},
+        }),
+        "NotModified" => json!({
+            "description": "Not modified: the representation still has the ETag given in \
+                            `If-None-Match` (or the request said `*`). No body.",
+            "headers": {
+                "ETag": etag(true),
+                "Cache-Control": header(json!({"type": "string"}), "`private, no-cache` (status monitor).", false),
+                "Retry-After": retry_after(false, "While the job is pending: seconds to wait before the next poll."),
+            },
+        }),
+        "JobCanceledConflict" => job_problem("The job was canceled (`job` holds its status document)."),
+        "JobFailedInput" => job_problem(
+            "The job failed because its handler rejected the input (a business rule only the \
+             worker could check); `job.error` says why.",
+        ),
+        "JobFailed" => job_problem(
+            "Failed Dependency: the job failed (handler error, crash, timeout, retries \
+             exhausted); `job.error` says how. Never a 5xx: the poll itself succeeded.",
+        ),
+        "JobFinishedConflict" => json!({
+            "description": "The job had already finished (succeeded or failed) and can no longer be canceled.",
+            "headers": {},
+            "content": problem_content("JobProblem"),
+        }),
+        "JobCanceledAlready" => json!({
+            "description": "The job was canceled already.",
+            "headers": {"Location": location("The job's status monitor.")},
+            "content": json_content("StatusDocument"),
+        }),
+        "JobCancelAccepted" => json!({
+            "description": "Cancel accepted: a queued job is canceled now (it never starts); a \
+                            running job's handler is told to stop and the job ends `canceled`.",
+            "headers": {"Location": location("The job's status monitor.")},
+            "content": json_content("StatusDocument"),
+        }),
+        "JobList" => json!({
+            "description": "A page of jobs, newest first.",
+            "headers": {
+                "Link": header(json!({"type": "string"}), "`<…>; rel=\"next\"`: the next page, when there is one.", false),
+                "Cache-Control": cache_control(),
+            },
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {
+                    "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/StatusDocument"}},
+                    "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last page."},
+                },
+                "required": ["jobs", "next_cursor"],
+            }}},
+        }),
+        "JobEvents" => json!({
+            "description": "Server-sent events: one `status` or `progress` event per change (its \
+                            `data` the status document, its `id` the document's ETag), a \
+                            `: keepalive` comment when quiet, closed after the terminal event. \
+                            Reconnect with `Last-Event-ID`.",
+            "headers": {"Cache-Control": header(json!({"type": "string"}), "`no-cache`.", true)},
+            // Before OpenAPI 3.2 (`itemSchema`), the schema of an event stream describes each
+            // event.
+            "content": {"text/event-stream": {"schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["status", "progress"], "description": "`status` when the status changed, `progress` when only the progress did."},
+                    "id": {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "The document's ETag (without quotes): send it back as `Last-Event-ID`."},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"$ref": "#/components/schemas/StatusDocument"},
+                        "description": "The status document.",
+                    },
+                },
+                "required": ["event", "id", "data"],
+            }}},
+        }),
+        "WorkerList" => json!({
+            "description": "The live workers, sorted by id.",
+            "headers": {"Cache-Control": cache_control()},
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {"workers": {"type": "array", "items": {"$ref": "#/components/schemas/WorkerRecord"}}},
+                "required": ["workers"],
+            }}},
+        }),
+        "Health" => json!({
+            "description": "The process is alive.",
+            "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"status": {"type": "string", "enum": ["ok"]}}, "required": ["status"],
+            }}},
+        }),
+        "Ready" => json!({
+            "description": "RabbitMQ and Redis are reachable.",
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {
+                    "status": {"type": "string", "enum": ["ready"]},
+                    "checks": {"$ref": "#/components/schemas/Checks"},
+                },
+                "required": ["status", "checks"],
+            }}},
+        }),
+        "NotReady" => json!({
+            "description": "Not ready: `checks` names what is down.",
+            "headers": {"Retry-After": retry_after(true, "Seconds to wait before asking again.")},
+            "content": problem_content("NotReadyProblem"),
+        }),
+        "Metrics" => json!({
+            "description": "Prometheus text exposition format 0.0.4.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }),
+        "BadRequest" => json!({
+            "description": "The body is not JSON (or not UTF-8, or empty) or could not be read \
+                            (`/problems/malformed-json`, `/problems/bad-request`), or a request \
+                            header is not valid (`/problems/invalid-header`, `header` names it: \
+                            `Idempotency-Key` must be 1 to 255 visible ASCII characters, given \
+                            once).",
+            "content": {"application/problem+json": {"schema": {"anyOf": [
+                {"$ref": "#/components/schemas/HeaderProblem"},
+                {"$ref": "#/components/schemas/Problem"},
+            ]}}},
+        }),
+        "Unauthorized" => json!({
+            "description": "Missing or unknown API key (only when the deployment turns authentication on).",
+            "headers": {"WWW-Authenticate": header(json!({"type": "string"}), "`Bearer`, with the reason.", true)},
+            "content": problem_content("Problem"),
+        }),
+        "Forbidden" => problem(
+            "A signed URL whose signature is wrong or expired, or a key that is not an \
+             operator's asking for an operator resource.",
+            "Problem",
+        ),
+        "NotFound" => problem(
+            "No such job: unknown, someone else's, malformed id, or past its tombstone.",
+            "Problem",
+        ),
+        "Gone" => problem("The job's record expired (retention period); a small tombstone answers 410 for a while, then 404.", "Problem"),
+        "SubmitConflict" => json!({
+            "description": "The `Idempotency-Key` was used with a different body, or a request \
+                            with it is still in progress (then with `Retry-After`); or, with \
+                            `Prefer: wait`, the job was canceled meanwhile.",
+            "headers": {"Retry-After": retry_after(false, "When a request with the same key is in progress.")},
+            "content": problem_content("Problem"),
+        }),
+        "RequestTimeout" => problem(
+            "The body did not arrive within the deployment's `limits.max_body_read_seconds` \
+             (a client that declares more than it sends, or trickles it).",
+            "Problem",
+        ),
+        "PayloadTooLarge" => problem("The body is larger than the configured limit.", "Problem"),
+        "UnsupportedMediaType" => problem("The body must be `application/json` (or `application/*+json`).", "Problem"),
+        "SubmitUnprocessable" => json!({
+            "description": "The request is valid JSON but breaks the rules: unknown `type`, \
+                            input that fails its type's rules, a bad `priority` or \
+                            `callback_url`, an unknown member, JSON nested too deep, a string or \
+                            array over the limits, a string holding U+0000 (`errors` names \
+                            each). With `Prefer: wait`, \
+                            also a job that rejected its input within the wait (a `JobProblem`).",
+            "content": {"application/problem+json": {"schema": {"anyOf": [
+                {"$ref": "#/components/schemas/ValidationProblem"},
+                {"$ref": "#/components/schemas/JobProblem"},
+            ]}}},
+        }),
+        "InvalidParameter" => problem(
+            "A query parameter is unknown, repeated or not valid (`parameter` names it).",
+            "ParameterProblem",
+        ),
+        "TooManyRequests" => json!({
+            "description": "Rate limit reached for this API key (when rate limits are configured).",
+            "headers": {"Retry-After": retry_after(true, "Seconds until a request may succeed.")},
+            "content": problem_content("Problem"),
+        }),
+        "Unavailable" => json!({
+            "description": "A dependency is unavailable (Redis or RabbitMQ unreachable, publish \
+                            not confirmed or unroutable), or on submit the admission limit is \
+                            reached (queue too deep). Nothing was queued. Retry later.",
+            "headers": {"Retry-After": retry_after(true, "Seconds to wait before retrying.")},
+            "content": problem_content("Problem"),
+        }),
+        _ => return None,
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned + Default>(value: Value) -> T {
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+/// Declares a response component whose full JSON is in [`response_json`].
+macro_rules! responses {
+    ($($name:ident),* $(,)?) => {$(
+        pub struct $name;
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<Response>) {
+                let json = response_json(stringify!($name)).unwrap_or(Value::Null);
+                (stringify!($name), RefOr::T(from_json::<Response>(json)))
+            }
+        }
+    )*};
+}
+
+responses!(
+    OpenApiJson,
+    JobAccepted,
+    JobPending,
+    JobSucceeded,
+    JobResult,
+    NotModified,
+    JobCanceledConflict,
+    JobFailedInput,
+    JobFailed,
+    JobFinishedConflict,
+    JobCanceledAlready,
+    JobCancelAccepted,
+    JobList,
+    JobEvents,
+    WorkerList,
+    Health,
+    Ready,
+    NotReady,
+    Metrics,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Gone,
+    SubmitConflict,
+    RequestTimeout,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    SubmitUnprocessable,
+    InvalidParameter,
+    TooManyRequests,
+    Unavailable,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Parameters.
+
+fn params(list: Value) -> Vec<Parameter> {
+    serde_json::from_value(list).unwrap_or_default()
+}
+
+/// The `{id}` of a job path.
+pub struct JobIdPath;
+
+impl IntoParams for JobIdPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(json!([{
+            "name": "id",
+            "in": "path",
+            "required": true,
+            "description": "The job id: a UUID in its canonical lower-case hyphenated form. Anything \
+                            else names no job (404).",
+            "schema": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+            },
+        }]))
+    }
+}
+
+/// `If-None-Match` on a conditional GET.
+pub struct IfNoneMatch;
+
+impl IntoParams for IfNoneMatch {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(json!([{
+            "name": "If-None-Match",
+            "in": "header",
+            "required": false,
+            "description": "ETags (or `*`) the client has: an unchanged representation gives 304.",
+            "schema": {"type": "string"},
+        }]))
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240).
+pub struct PreferWait;
+
+impl IntoParams for PreferWait {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(json!([{
+            "name": "Prefer",
+            "in": "header",
+            "required": false,
+            "description": "`wait=N`: hold the answer up to N seconds (capped by the \
+                            deployment's `http.max_wait_seconds`) until the status changes \
+                            (status monitor) or the job ends (submit); `Preference-Applied` says \
+                            when it was honoured. Preferences not understood are ignored \
+                            (RFC 7240).",
+            "schema": {"type": "string"},
+        }]))
+    }
+}
+
+/// The query of a signed status or result URL (a valet key: see `signing.rs`).
+pub struct SignedUrl;
+
+impl IntoParams for SignedUrl {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(json!([
+            {
+                "name": "tenant", "in": "query", "required": false,
+                "description": "Signed URL: the tenant the job belongs to. The four signed-URL \
+                                parameters come together, as the `Location` of a 202 carries \
+                                them when URL signing is configured; they grant reading this \
+                                job's status, result and events without an API key until `exp`. \
+                                Any of them given alone, twice, changed or expired: 403.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "exp", "in": "query", "required": false,
+                "description": "Signed URL: expiry, unix seconds.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "kid", "in": "query", "required": false,
+                "description": "Signed URL: id of the signing key.",
+                "schema": {"type": "string"},
+            },
+            {
+                "name": "sig", "in": "query", "required": false,
+                "description": "Signed URL: base64url HMAC-SHA256, under key `kid`, over the job \
+                                id, `tenant` and `exp`.",
+                "schema": {"type": "string"},
+            },
+        ]))
+    }
+}
+
+/// Headers of `POST /v1/jobs`.
+pub struct SubmitHeaders;
+
+impl IntoParams for SubmitHeaders {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(json!([
+            {
+                "name": "Idempotency-Key", "in": "header", "required": false,
+                "description": "A repeat with the same key and the same body (in canonical JSON) \
+                                answers with the first job (202, `Idempotent-Replayed: true`); \
+                                the same key with another body is a 409. 1 to 255 visible ASCII \
+                                characters; anything else is a 400.",
+                "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+            },
+            {
+                "name": "traceparent", "in": "header", "required": false,
+                "description": "W3C trace context: the job's processing continues this trace. \
+                                A value that does not parse is ignored (a new trace starts).",
+                "schema": {"type": "string"},
+            },
+        ]))
+    }
+}
+
+/// `Last-Event-ID` of a reconnecting event stream.
+pub struct LastEventId;
+
+impl IntoParams for LastEventId {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        params(json!([{
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "The id of the last event received: the stream starts with the \
+                            current document unless it is that one.",
+            "schema": {"type": "string"},
+        }]))
+    }
+}
+
+/// The query of `GET /v1/jobs`.
+pub struct ListParams;
+
+impl IntoParams for ListParams {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let types: Vec<&str> = CATALOG.iter().map(|s| s.name).collect();
+        params(json!([
+            {
+                "name": "status", "in": "query", "required": false,
+                "schema": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+            },
+            {
+                "name": "type", "in": "query", "required": false,
+                "schema": {"type": "string", "enum": types},
+            },
+            {
+                "name": "limit", "in": "query", "required": false,
+                "description": "Jobs per page.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": crate::routes::list::MAX_LIMIT, "default": crate::routes::list::DEFAULT_LIMIT},
+            },
+            {
+                "name": "cursor", "in": "query", "required": false,
+                "description": "`next_cursor` of the previous page (opaque). One this service \
+                                could not have issued is a 422.",
+                // base64url of 25 bytes: version 1, a non-negative i64, 16 bytes of id. The
+                // pattern is exactly the set the facade accepts (see `list::decode_cursor`).
+                "schema": {"type": "string", "pattern": "^A[Q-X][A-Za-z0-9_-]{31}[AQgw]$"},
+            },
+        ]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_request_follows_the_catalog_and_the_webhook_settings() {
+        let mut settings = Settings::load(None).expect("default settings");
+        settings.webhooks.allowed_hosts.clear();
+        let doc = document_value(&settings);
+        let request = &doc["components"]["schemas"]["JobRequest"];
+        let hash = request["oneOf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|alt| alt["properties"]["type"]["const"] == "hash")
+            .expect("hash");
+        let input = &hash["properties"]["input"];
+        assert_eq!(input["required"], json!(["bytes"]));
+        assert_eq!(input["properties"]["bytes"]["maximum"], json!(1u64 << 30));
+        assert_eq!(
+            input["properties"]["seed"]["type"],
+            json!(["integer", "null"])
+        );
+        assert_eq!(hash["properties"]["callback_url"]["type"], "null");
+
+        settings.webhooks.allowed_hosts = vec!["hooks.example.com".into()];
+        let doc = document_value(&settings);
+        let callback =
+            &doc["components"]["schemas"]["JobRequest"]["oneOf"][0]["properties"]["callback_url"];
+        assert_eq!(callback["type"], json!(["string", "null"]));
+        assert!(callback["description"]
+            .as_str()
+            .unwrap()
+            .contains("hooks.example.com"));
+    }
+
+    #[test]
+    fn every_response_component_has_its_json() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for name in doc["components"]["responses"].as_object().unwrap().keys() {
+            assert!(response_json(name).is_some(), "{name}");
+        }
+    }
+}
