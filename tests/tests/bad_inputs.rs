@@ -440,10 +440,6 @@ async fn header_injection_and_overlong_headers() {
             "an over-long key",
             format!("Idempotency-Key: {}\r\n", "k".repeat(256)),
         ),
-        (
-            "a 16 KiB key",
-            format!("Idempotency-Key: {}\r\n", "k".repeat(16_384)),
-        ),
         ("a key with a space", "Idempotency-Key: a b\r\n".to_owned()),
         ("a key with a tab", "Idempotency-Key: a\tb\r\n".to_owned()),
         ("an empty key", "Idempotency-Key: \r\n".to_owned()),
@@ -462,6 +458,14 @@ async fn header_injection_and_overlong_headers() {
         assert_eq!(p["type"], "/problems/invalid-header", "{what}: {p}");
         assert_eq!(p["header"], "Idempotency-Key", "{what}: {p}");
     }
+    // A header section over http.max_header_bytes (16 KiB): 431, before any handler.
+    let p = raw(
+        &stack,
+        &submit(format!("Idempotency-Key: {}\r\n", "k".repeat(16_384)).as_bytes()),
+    )
+    .await
+    .problem(431, "a 16 KiB key");
+    assert_eq!(p["type"], "/problems/headers-too-large", "{p}");
     // Obsolete text (bytes 0x80-0xFF) is legal on the wire and refused by the key's rules.
     let p = raw(&stack, &submit(b"Idempotency-Key: caf\xe9\r\n"))
         .await

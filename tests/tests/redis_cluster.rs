@@ -170,7 +170,7 @@ async fn jobs_cancel_long_polls_and_events_work_on_a_redis_cluster() {
         let client = redis::Client::open(node.url()).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:job:*", stack.prefix))
+            .arg(format!("{}:default:job:*", stack.prefix))
             .query_async(&mut conn)
             .await
             .unwrap();
