@@ -23,6 +23,7 @@ pub struct AppState {
     pub broker: Broker,
     pub estimates: crate::estimates::Estimates,
     pub notifier: Notifier,
+    pub overview: crate::routes::overview::OverviewCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,7 @@ impl Application {
             broker,
             estimates,
             notifier,
+            overview: Default::default(),
         });
         let body_limit = settings.http.body_limit_bytes;
         let mut server = HttpServer::new(move || {
@@ -115,6 +117,29 @@ impl Application {
                     web::resource("/v1/workers")
                         .route(web::get().to(crate::routes::workers::list))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                // AUTH: operator only
+                .service(
+                    web::resource("/v1/overview")
+                        .route(web::get().to(crate::routes::overview::overview))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                // The operators' web page and its assets (they hold no data: the page reads
+                // everything through the API above with the key the operator types in).
+                // AUTH: operator only
+                .service(
+                    web::scope("/dashboard")
+                        .wrap(actix_web::middleware::Compress::default())
+                        .service(
+                            web::resource("")
+                                .route(web::get().to(crate::routes::dashboard::page))
+                                .default_service(fallback::method_not_allowed("GET, HEAD")),
+                        )
+                        .service(
+                            web::resource("/{asset}")
+                                .route(web::get().to(crate::routes::dashboard::asset))
+                                .default_service(fallback::method_not_allowed("GET, HEAD")),
+                        ),
                 )
                 .service(
                     web::resource("/healthz")
