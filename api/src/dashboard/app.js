@@ -360,6 +360,7 @@
     if (overview.status === 'fulfilled') renderOverview(overview.value);
     if (jobs.status === 'fulfilled') renderJobs(jobs.value.jobs || []);
     if (workers.status === 'fulfilled' && workers.value) renderWorkers(workers.value.workers || []);
+    if (watch && watch.doc) renderFacts(watch.doc); // "… ago" and "running for" move on
     const failed = [overview, jobs, workers].find((r) => r.status === 'rejected');
     if (!failed) {
       authTrouble = 0;
@@ -491,11 +492,14 @@
   // timestamps; later ones add a line per status change and fold progress into the current one.
   function onDocument(w, kind, doc) {
     const prev = w.doc;
+    // A document older than the one shown (the cancel answer racing the stream) is dropped.
+    if (prev && newer(prev, doc) !== doc) return;
     w.doc = doc;
     if (!prev) {
       w.history = seedHistory(doc);
     } else if (prev.status !== doc.status || prev.attempts !== doc.attempts) {
       w.history.push(historyEntry(doc, prev));
+      refresher.now(); // the counts by state moved
     } else if (kind === 'progress') {
       const last = w.history[w.history.length - 1];
       if (last) last.updates = (last.updates || 0) + 1;
@@ -505,7 +509,6 @@
     if (TERMINAL.has(doc.status)) {
       w.terminal = true;
       if (doc.status === 'succeeded') loadResult(w);
-      refresher.now();
     }
     patchRow(doc);
     renderDetail(w);
