@@ -200,16 +200,20 @@
   const rows = new Map(); // id -> { tr, cells, doc }
   const knownDocs = new Map(); // id -> newest document seen (list or stream)
 
+  // Where a document stands in its job's life: attempts (counted when a run starts), then the
+  // phase within the attempt (waiting, running, waiting for a retry, over), then progress.
+  function stage(d) {
+    const phase = TERMINAL.has(d.status) ? 3 : d.status === 'running' ? 1 : d.attempts ? 2 : 0;
+    return [d.attempts || 0, phase, d.progress ? Number(d.progress.percent) || 0 : -1];
+  }
+  // The stream may be ahead of the list or the other way round: keep the later document (the
+  // second one when they stand level).
   function newer(a, b) {
-    // The stream may be ahead of the list (or the other way round): keep the later document.
     if (!a) return b;
     if (!b) return a;
-    const rank = (d) => (TERMINAL.has(d.status) ? 3 : d.status === 'running' ? 2 : 1);
-    if (rank(a) !== rank(b)) return rank(a) > rank(b) ? a : b;
-    if ((a.attempts || 0) !== (b.attempts || 0)) return a.attempts > b.attempts ? a : b;
-    const pa = a.progress ? a.progress.percent : -1;
-    const pb = b.progress ? b.progress.percent : -1;
-    return pb >= pa ? b : a;
+    const [x, y] = [stage(a), stage(b)];
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i] > y[i] ? a : b;
+    return b;
   }
 
   function makeRow(id) {
@@ -263,7 +267,11 @@
     return doc.progress ? Number(doc.progress.percent) || 0 : 0;
   }
   function tookOf(doc) {
-    if (!doc.started_at) return doc.status === 'queued' ? `${duration(Date.now() - ms(doc.created_at))} waiting` : '–';
+    if (doc.status === 'queued') {
+      if (doc.next_attempt_at) return `retry at ${clock(doc.next_attempt_at)}`;
+      return `${duration(Date.now() - ms(doc.created_at))} waiting`;
+    }
+    if (!doc.started_at) return '–';
     const end = doc.finished_at ? ms(doc.finished_at) : Date.now();
     return duration(end - ms(doc.started_at));
   }
@@ -289,6 +297,7 @@
         rows.delete(id);
       }
     }
+    for (const id of knownDocs.keys()) if (!seen.has(id) && id !== selectedId()) knownDocs.delete(id);
     $('jobs-empty').hidden = docs.length > 0;
   }
 
@@ -492,8 +501,6 @@
   // timestamps; later ones add a line per status change and fold progress into the current one.
   function onDocument(w, kind, doc) {
     const prev = w.doc;
-    // A document older than the one shown (the cancel answer racing the stream) is dropped.
-    if (prev && newer(prev, doc) !== doc) return;
     w.doc = doc;
     if (!prev) {
       w.history = seedHistory(doc);
@@ -518,12 +525,15 @@
 
   function seedHistory(doc) {
     const h = [{ state: 'queued', at: doc.created_at, what: 'submitted' }];
+    if (doc.attempts > 1 && !(doc.status === 'queued' && doc.next_attempt_at)) {
+      const n = doc.attempts - 1;
+      h.push({ state: 'failed', at: null, what: `${n} earlier attempt${n === 1 ? '' : 's'} failed and ${n === 1 ? 'was' : 'were'} retried` });
+    }
     if (doc.started_at) {
       h.push({ state: 'running', at: doc.started_at, what: doc.attempts > 1 ? `started (attempt ${doc.attempts})` : 'started' });
     }
-    if (doc.status === 'queued' && doc.next_attempt_at) {
-      h.push({ state: 'queued', at: doc.next_attempt_at, what: 'next attempt due', sub: 'waiting to be retried' });
-    }
+    // When that attempt failed the document does not say.
+    if (doc.status === 'queued' && doc.next_attempt_at) h.push(retryEntry(doc, null));
     if (TERMINAL.has(doc.status)) h.push(terminalEntry(doc));
     return h;
   }
@@ -534,8 +544,17 @@
       return { state: 'running', at: doc.started_at, what: doc.attempts > 1 ? `started (attempt ${doc.attempts})` : 'started' };
     }
     // Back to queued after a run: a retry.
-    const sub = doc.next_attempt_at ? `next attempt at ${clock(doc.next_attempt_at)}` : '';
-    return { state: 'queued', at: new Date().toISOString(), what: prev.status === 'running' ? 'back in the queue for a retry' : verb[doc.status], sub };
+    return prev.status === 'running' ? retryEntry(doc, new Date().toISOString()) : { state: 'queued', at: new Date().toISOString(), what: verb[doc.status] };
+  }
+
+  function retryEntry(doc, at) {
+    const why = doc.error ? `: ${doc.error.detail || doc.error.title}` : '';
+    return {
+      state: 'queued',
+      at,
+      what: `attempt ${doc.attempts} failed, retry at ${clock(doc.next_attempt_at)}`,
+      sub: why.slice(2),
+    };
   }
 
   function terminalEntry(doc) {
@@ -571,7 +590,10 @@
     const err = doc.error;
     $('detail-error').hidden = !err;
     if (err) {
-      setText($('detail-error-title'), err.title);
+      // An error on a job still pending is its last attempt's, and a retry is coming.
+      const pending = !TERMINAL.has(doc.status);
+      setClass($('detail-error'), pending ? 'problem warn' : 'problem');
+      setText($('detail-error-title'), pending ? `Attempt ${doc.attempts} failed: ${err.title}` : err.title);
       setText($('detail-error-detail'), err.detail || '');
       setText($('detail-error-meta'), `${err.kind || ''}${err.retryable ? ' · retryable' : ''} · ${err.type}`);
     }
@@ -584,8 +606,9 @@
 
   function renderFacts(doc) {
     const facts = [['Created', `${clock(doc.created_at)} (${ago(doc.created_at)})`]];
-    if (doc.started_at) facts.push(['Waited', duration(ms(doc.started_at) - ms(doc.created_at))]);
-    if (doc.started_at) facts.push([doc.finished_at ? 'Ran' : 'Running for', tookOf(doc)]);
+    if (doc.started_at && doc.attempts <= 1) facts.push(['Waited', duration(ms(doc.started_at) - ms(doc.created_at))]);
+    if (doc.started_at && doc.status === 'running') facts.push(['Running for', tookOf(doc)]);
+    if (doc.finished_at && TERMINAL.has(doc.status)) facts.push(['Ran', tookOf(doc)]);
     if (doc.finished_at) facts.push(['Finished', clock(doc.finished_at)]);
     facts.push(['Attempts', String(doc.attempts)]);
     if (doc.next_attempt_at) facts.push(['Next attempt', clock(doc.next_attempt_at)]);
@@ -612,10 +635,10 @@
       }
       setClass(li, `s-${h.state}`);
       const offset = ms(h.at) - t0;
-      setText(li.children[0], `${clock(h.at)}${i && Number.isFinite(offset) ? ` · +${duration(offset)}` : ''}`);
+      setText(li.children[0], h.at ? `${clock(h.at)}${i && Number.isFinite(offset) ? ` · +${duration(offset)}` : ''}` : '');
       setText(li.children[1], h.what);
       let sub = h.sub || '';
-      if (h.progress) {
+      if (h.progress && (h.progress.percent > 0 || h.progress.message)) {
         sub = `${Math.floor(h.progress.percent)}%${h.progress.message ? ` · ${h.progress.message}` : ''}`;
         if (h.updates) sub += ` · ${h.updates} progress update${h.updates === 1 ? '' : 's'} seen`;
       }
@@ -635,8 +658,10 @@
       const body = await readBody(res);
       if (res.status === 409) setText($('detail-message'), 'already finished: nothing to cancel');
       else if (!res.ok) setText($('detail-message'), `cancel failed: ${(body && (body.detail || body.title)) || res.status}`);
-      // The stream brings the canceled state; a queued job is canceled in this very answer.
-      else if (body && body.id === w.id && watch === w) onDocument(w, 'status', body);
+      // The stream brings the canceled state. A queued job is canceled in this very answer,
+      // which may still arrive after the stream's event: take it only if it is news.
+      else if (body && body.id === w.id && watch === w && body.status === 'canceled'
+        && w.doc && !TERMINAL.has(w.doc.status)) onDocument(w, 'status', body);
     } catch (e) {
       setText($('detail-message'), `cancel failed: ${e.message}`);
     } finally {
