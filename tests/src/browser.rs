@@ -179,7 +179,10 @@ impl Browser {
             if let Some(e) = self.find(css).await {
                 return e;
             }
-            assert!(Instant::now() < deadline, "no element {css} within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -262,7 +265,11 @@ impl Browser {
     /// console calls, uncaught errors, failed loads and Content-Security-Policy violations.
     pub async fn console_log(&self) -> Vec<Value> {
         let v = self
-            .raw("POST", &self.at("/se/log"), Some(json!({ "type": "browser" })))
+            .raw(
+                "POST",
+                &self.at("/se/log"),
+                Some(json!({ "type": "browser" })),
+            )
             .await;
         v.as_array().cloned().unwrap_or_default()
     }
@@ -298,7 +305,10 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
         acc = (acc << 6) | ALPHABET.iter().position(|&a| a == c)? as u32;
         bits += 6;
         if bits >= 8 {

@@ -228,16 +228,11 @@ async fn dashboard_in_a_real_browser_submits_watches_and_cancels() {
         .wait_text("#queue-depth", long, "queue depth", |t| t == "0")
         .await;
     browser
-        .wait_text(
-            "#states .s-failed b",
-            long,
-            "one failed job counted",
-            |t| t == "1",
-        )
+        .wait_text("#states .s-failed b", long, "one failed job counted", |t| {
+            t == "1"
+        })
         .await;
-    browser
-        .wait_for("#jobs-body tr:nth-child(3)", long)
-        .await;
+    browser.wait_for("#jobs-body tr:nth-child(3)", long).await;
 
     // Submit a sleep from the form.
     browser.click("#submit-type option[value='sleep']").await;
@@ -309,12 +304,9 @@ async fn dashboard_in_a_real_browser_submits_watches_and_cancels() {
         .await;
     assert_eq!(hidden, json!(true), "no cancel button on a canceled job");
     browser
-        .wait_text(
-            "#states .s-canceled b",
-            long,
-            "canceled counted",
-            |t| t == "1",
-        )
+        .wait_text("#states .s-canceled b", long, "canceled counted", |t| {
+            t == "1"
+        })
         .await;
     browser
         .screenshot(&target_dir().join("dashboard-canceled.png"))
