@@ -124,8 +124,11 @@ impl Application {
                         .route(web::get().to(crate::routes::overview::overview))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
-                // The operators' web page and its assets (they hold no data: the page reads
-                // everything through the API above with the key the operator types in).
+                // The operators' web page and its assets. They hold no data: the page reads
+                // everything through the API above, sending the key the operator types in as
+                // `Authorization: Bearer`. A browser cannot send that header when it navigates
+                // to /dashboard, so if these routes require a key, they need another way in
+                // (e.g. a signed URL); the data endpoints are what must be protected.
                 // AUTH: operator only
                 .service(
                     web::scope("/dashboard")
