@@ -182,6 +182,19 @@ async fn dashboard_assets_have_types_etags_and_a_strict_policy() {
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
 
+/// Waits (up to 30 s) until `script` returns `expected` in the page.
+async fn wait_js(browser: &Browser, script: &str, expected: Value, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = browser.execute(script, json!([])).await;
+        if got == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {script} gave {got}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn target_dir() -> PathBuf {
     // target/<profile>/api -> target
     let api = e2e::bin("api");
@@ -233,6 +246,14 @@ async fn dashboard_in_a_real_browser_submits_watches_and_cancels() {
         })
         .await;
     browser.wait_for("#jobs-body tr:nth-child(3)", long).await;
+
+    // Filtering by state lists only those jobs (the stat buttons and the chips do the same).
+    let rows = "return document.querySelectorAll('#jobs-body tr').length";
+    browser.click("#filters button[data-state='failed']").await;
+    wait_js(&browser, rows, json!(1), "only the failed job listed").await;
+    assert_eq!(browser.text("#jobs-body tr .pill").await, "failed");
+    browser.click("#filters button[data-state='']").await;
+    wait_js(&browser, rows, json!(3), "all three listed again").await;
 
     // Submit a sleep from the form.
     browser.click("#submit-type option[value='sleep']").await;
@@ -325,6 +346,25 @@ async fn dashboard_in_a_real_browser_submits_watches_and_cancels() {
         })
         .await;
     assert!(!error.is_empty());
+
+    // An API key typed in stays in the tab and goes with every request; with keys off the
+    // service ignores it and the page stays live.
+    browser.click("#key-summary").await;
+    browser.fill("#key-input", "operator-key").await;
+    browser.click("#key-form button[type='submit']").await;
+    browser
+        .wait_text("#key-summary", long, "key kept", |t| t == "API key ✓")
+        .await;
+    let stored = browser
+        .execute(
+            "return sessionStorage.getItem('arr.dashboard.apiKey')",
+            json!([]),
+        )
+        .await;
+    assert_eq!(stored, json!("operator-key"));
+    browser
+        .wait_text("#conn-text", long, "still live with a key", |t| t == "live")
+        .await;
 
     let log = browser.console_log().await;
     let errors: Vec<&Value> = log

@@ -15,7 +15,7 @@
   const STATES = ['queued', 'running', 'succeeded', 'failed', 'canceled'];
   const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
   const REFRESH_MS = 3000;
-  const LIST_LIMIT = 25;
+  const LIST_LIMIT = 20;
   const KEY_STORAGE = 'arr.dashboard.apiKey';
 
   const $ = (id) => document.getElementById(id);
@@ -385,21 +385,23 @@
   function every(period, fn) {
     let timer = null;
     let running = false;
+    let again = false; // asked for a run while one was under way
     async function tick() {
       timer = null;
-      if (running || document.hidden) return;
+      if (document.hidden) return; // visibilitychange starts it again
       running = true;
+      again = false;
       try { await fn(); } catch (e) { console.warn('refresh failed', e); }
       running = false;
-      if (!timer) timer = setTimeout(tick, period);
-    }
-    document.addEventListener('visibilitychange', () => { if (!document.hidden) now(); });
-    function now() {
       if (timer) clearTimeout(timer);
-      timer = null;
-      if (running) { timer = setTimeout(tick, 50); return; }
+      timer = setTimeout(tick, again ? 0 : period);
+    }
+    function now() {
+      if (running) { again = true; return; }
+      if (timer) clearTimeout(timer);
       tick();
     }
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) now(); });
     return { now };
   }
   let refresher = { now() {} };
