@@ -22,7 +22,9 @@ const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// Finds an executable: the environment variable if set, else the first name on `PATH`.
 fn find_binary(env: &str, names: &[&str]) -> PathBuf {
     if let Ok(path) = std::env::var(env) {
-        return PathBuf::from(path);
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "{env}={} is not a file", path.display());
+        return path;
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     for dir in std::env::split_paths(&path) {
@@ -39,6 +41,15 @@ fn find_binary(env: &str, names: &[&str]) -> PathBuf {
          `scripts/install-browser.sh` (as root), which .ci/run runs before the tests",
         names.join(" or ")
     );
+}
+
+/// Chromium and chromedriver, or a panic that says how to install them. Call it first in a
+/// test, so that a missing browser fails the test at once.
+pub fn require() -> (PathBuf, PathBuf) {
+    (
+        find_binary("CHROMIUM", &["chromium", "chromium-browser"]),
+        find_binary("CHROMEDRIVER", &["chromedriver"]),
+    )
 }
 
 /// One element of the page.
@@ -59,8 +70,7 @@ impl Browser {
     /// Starts chromedriver on a free port and opens a headless Chromium session with a
     /// window of `width` × `height` and the browser's console log recorded.
     pub async fn start(width: u32, height: u32) -> Browser {
-        let chromium = find_binary("CHROMIUM", &["chromium", "chromium-browser"]);
-        let chromedriver = find_binary("CHROMEDRIVER", &["chromedriver"]);
+        let (chromium, chromedriver) = require();
         let port = free_port();
         let profile =
             std::env::temp_dir().join(format!("e2e-chromium-{}", uuid::Uuid::new_v4().simple()));

@@ -211,6 +211,7 @@ fn percent(text: &str) -> Option<u32> {
 
 #[tokio::test]
 async fn dashboard_in_a_real_browser_submits_watches_and_cancels() {
+    e2e::browser::require();
     let stack = Stack::start_with(
         "dashboard-browser",
         StackOptions::default().env("APP__WORKER__PROGRESS_INTERVAL_MS", 100),
