@@ -30,7 +30,7 @@ pub fn etag(bytes: &[u8]) -> String {
 }
 
 /// Whether the request's `If-None-Match` names this ETag (or `*`).
-fn not_modified(req: &HttpRequest, etag: &str) -> bool {
+pub fn not_modified(req: &HttpRequest, etag: &str) -> bool {
     req.headers()
         .get_all(header::IF_NONE_MATCH)
         .filter_map(|v| v.to_str().ok())

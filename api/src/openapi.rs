@@ -59,6 +59,7 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
         routes::jobs::result,
         routes::events::events,
         routes::workers::list,
+        routes::overview::overview,
         routes::health::healthz,
         routes::health::readyz,
         routes::metrics::metrics,
@@ -94,6 +95,7 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
             JobList,
             JobEvents,
             WorkerList,
+            Overview,
             Health,
             Ready,
             NotReady,
@@ -661,6 +663,51 @@ fn response_json(name: &str) -> Option<Value> {
                 "required": ["workers"],
             }}},
         }),
+        "Overview" => json!({
+            "description": "The deployment at a glance: the work queue, the live workers, and the \
+                            caller's tenant's newest jobs by state.",
+            "headers": {"Cache-Control": cache_control()},
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {
+                    "queue": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "depth": {"type": "integer", "minimum": 0},
+                            "consumers": {"type": "integer", "minimum": 0},
+                            "error": {"type": "string"},
+                        },
+                        "required": ["name"],
+                    },
+                    "workers": {
+                        "type": "object",
+                        "properties": {
+                            "live": {"type": "integer", "minimum": 0},
+                            "in_flight": {"type": "integer", "minimum": 0},
+                            "capacity": {"type": "integer", "minimum": 0},
+                            "draining": {"type": "integer", "minimum": 0},
+                        },
+                        "required": ["live", "in_flight", "capacity", "draining"],
+                    },
+                    "jobs_by_state": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 0},
+                    },
+                    "jobs": {
+                        "type": "object",
+                        "properties": {
+                            "indexed": {"type": "integer", "minimum": 0},
+                            "counted": {"type": "integer", "minimum": 0},
+                            "complete": {"type": "boolean"},
+                        },
+                        "required": ["indexed", "counted", "complete"],
+                    },
+                    "generated_at": {"type": "string", "format": "date-time"},
+                },
+                "required": ["queue", "workers", "jobs_by_state", "jobs", "generated_at"],
+            }}},
+        }),
         "Health" => json!({
             "description": "The process is alive.",
             "content": {"application/json": {"schema": {
@@ -792,6 +839,7 @@ responses!(
     JobList,
     JobEvents,
     WorkerList,
+    Overview,
     Health,
     Ready,
     NotReady,

@@ -30,6 +30,7 @@ pub struct AppState {
     pub keyring: Keyring,
     pub signer: Signer,
     pub limits: Limits,
+    pub overview: crate::routes::overview::OverviewCache,
 }
 
 impl AppState {
@@ -103,6 +104,7 @@ impl Application {
             keyring,
             signer,
             limits: Limits::new(&settings.limits),
+            overview: Default::default(),
         });
         let cors_settings = settings.cors.clone();
         let header_limit = settings.http.max_header_bytes;
@@ -158,6 +160,32 @@ impl Application {
                     web::resource("/v1/workers")
                         .route(web::get().to(crate::routes::workers::list))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                // Operators only (checked by the handler).
+                .service(
+                    web::resource("/v1/overview")
+                        .route(web::get().to(crate::routes::overview::overview))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                // The operators' web page and its assets. They hold no data: the page reads
+                // everything through the API above, sending the key the operator types in as
+                // `Authorization: Bearer`. A browser cannot send that header when it navigates
+                // to /dashboard, so if these routes require a key, they need another way in
+                // (e.g. a signed URL); the data endpoints are what must be protected, and are:
+                // /v1/overview and /v1/workers answer 403 to keys that are not operators.
+                .service(
+                    web::scope("/dashboard")
+                        .wrap(actix_web::middleware::Compress::default())
+                        .service(
+                            web::resource("")
+                                .route(web::get().to(crate::routes::dashboard::page))
+                                .default_service(fallback::method_not_allowed("GET, HEAD")),
+                        )
+                        .service(
+                            web::resource("/{asset}")
+                                .route(web::get().to(crate::routes::dashboard::asset))
+                                .default_service(fallback::method_not_allowed("GET, HEAD")),
+                        ),
                 )
                 .service(
                     web::resource("/healthz")

@@ -2,6 +2,7 @@
 //! against the local RabbitMQ and Redis with a queue name and key prefix of their own (so tests
 //! run in parallel), and removes what they left behind when the test ends, pass or fail.
 
+pub mod browser;
 pub mod services;
 
 use std::net::TcpListener;

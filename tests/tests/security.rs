@@ -245,6 +245,18 @@ async fn tenants_never_see_each_others_jobs() {
     let workers = |key: &str| bearer(stack.http.get(stack.url("/v1/workers")), key).send();
     problem(workers(ALICE).await.unwrap(), StatusCode::FORBIDDEN).await;
     assert_eq!(workers(OPS).await.unwrap().status(), StatusCode::OK);
+    // So is the overview behind the dashboard; its counts are the operator's tenant's.
+    let overview = |key: &str| bearer(stack.http.get(stack.url("/v1/overview")), key).send();
+    problem(overview(ALICE).await.unwrap(), StatusCode::FORBIDDEN).await;
+    let figures: Value = overview(OPS).await.unwrap().json().await.unwrap();
+    assert_eq!(figures["jobs_by_state"]["queued"], 2, "{figures}");
+    let anonymous = stack
+        .http
+        .get(stack.url("/v1/overview"))
+        .send()
+        .await
+        .unwrap();
+    problem(anonymous, StatusCode::UNAUTHORIZED).await;
 
     // The key itself never reaches the logs.
     let log = std::fs::read_to_string(stack.log_file("api")).unwrap();

@@ -1,11 +1,13 @@
 //! The HTTP routes, one module per resource.
 
 pub mod cancel;
+pub mod dashboard;
 pub mod events;
 pub mod fallback;
 pub mod health;
 pub mod jobs;
 pub mod list;
 pub mod metrics;
+pub mod overview;
 pub mod submit;
 pub mod workers;

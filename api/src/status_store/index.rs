@@ -198,6 +198,65 @@ impl StatusStore {
     }
 }
 
+/// How many jobs of the index are in each state, counted over its newest entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// `(state, count)` for the five states, in lifecycle order (zeros included).
+    pub by_state: Vec<(JobStatus, u64)>,
+    /// Entries of the index (jobs created within the retention period, give or take a trim).
+    pub indexed: u64,
+    /// Entries whose record was read; less than `indexed` when the index is longer than the
+    /// bound. Records that expired meanwhile are read but not counted.
+    pub examined: u64,
+}
+
+/// The five states, in lifecycle order.
+pub const STATES: [JobStatus; 5] = [
+    JobStatus::Queued,
+    JobStatus::Running,
+    JobStatus::Succeeded,
+    JobStatus::Failed,
+    JobStatus::Canceled,
+];
+
+impl StatusStore {
+    /// Counts the states of the newest `bound` jobs of the index (one `ZREVRANGE` and one
+    /// pipeline of `HGET state`): an operator's view, cheap enough to ask every few seconds.
+    pub async fn count_states(&self, bound: usize) -> Result<StateCounts, StoreError> {
+        self.on_io(move |store| async move {
+            let index = store.keys.jobs_index();
+            let mut conn = store.conn.clone();
+            let (indexed, members): (u64, Vec<String>) = redis::pipe()
+                .zcard(&index)
+                .zrevrange(&index, 0, bound.max(1) as isize - 1)
+                .query_async(&mut conn)
+                .await?;
+            let ids: Vec<JobId> = members.iter().filter_map(|m| m.parse().ok()).collect();
+            let states: Vec<Option<String>> = if ids.is_empty() {
+                Vec::new()
+            } else {
+                let mut pipe = redis::pipe();
+                for id in &ids {
+                    pipe.hget(store.keys.job(id), field::STATE);
+                }
+                pipe.query_async(&mut conn).await?
+            };
+            let mut by_state: Vec<(JobStatus, u64)> = STATES.iter().map(|s| (*s, 0)).collect();
+            for state in states.into_iter().flatten() {
+                if let Some(slot) = by_state.iter_mut().find(|(s, _)| s.as_str() == state) {
+                    slot.1 += 1;
+                }
+            }
+            Ok(StateCounts {
+                by_state,
+                indexed,
+                examined: ids.len() as u64,
+            })
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
