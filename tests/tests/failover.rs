@@ -147,7 +147,7 @@ async fn a_three_node_cluster_with_quorum_queues_loses_a_node_and_no_job() {
             (name == stack.queue).then(|| leader.trim().to_owned())
         })
         .expect("the work queue's leader");
-    let mut nodes = vec![first, second, third];
+    let mut nodes = [first, second, third];
     let victim = nodes
         .iter()
         .position(|n| n.node() == leader)
