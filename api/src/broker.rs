@@ -179,10 +179,17 @@ impl Broker {
         let started = std::time::Instant::now();
         let result = publish_confirmed(&channel, &self.settings.queue, outgoing, timeout).await;
         crate::metrics::PUBLISH_CONFIRM.observe(started.elapsed().as_secs_f64());
-        if let Err(PublishError::Returned(_)) = &result {
+        match &result {
             // Unroutable: most likely the queue was deleted. Declare it again before the
             // next publish so the facade heals by itself.
-            self.slot.lock().await.redeclare = true;
+            Err(PublishError::Returned(_)) => self.slot.lock().await.redeclare = true,
+            // Refused: the queue could not take the message, e.g. a quorum queue whose leader
+            // died. Seen on RabbitMQ 3.10 (tests/tests/failover.rs): a channel opened on a
+            // surviving node just after the leader's node died was sometimes refused for more
+            // than 30 s, while a fresh connection after the first refusal was accepted within
+            // a second. So the next publish starts on a fresh connection.
+            Err(PublishError::Nacked) => self.slot.lock().await.link = None,
+            _ => {}
         }
         Ok(result?)
     }

@@ -6,7 +6,8 @@
 //! - one delay queue per retry step, `<queue>.retry.<ms>`, whose messages expire after `<ms>`
 //!   and are dead-lettered back into the work queue. One queue per step (rather than one queue
 //!   with per-message TTLs) because a queue only expires messages at its head: a long delay must
-//!   never hold up a short one.
+//!   never hold up a short one. With quorum queues they are quorum queues too, named
+//!   `<queue>.retry-q.<ms>` (see [`retry_queue`]).
 //!
 //! Both sides must declare with the same arguments or the broker refuses the second declaration,
 //! which is why the arguments are built here, once.
@@ -25,9 +26,19 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// The delay queue of `queue` whose messages wait `delay_ms`.
-pub fn retry_queue(queue: &str, delay_ms: u64) -> String {
-    format!("{queue}.retry.{delay_ms}")
+/// The delay queue whose messages wait `delay_ms`.
+///
+/// With quorum queues the delay queues are quorum queues as well (message TTL needs RabbitMQ
+/// 3.10 or newer): a classic queue lives on one node, and while that node is down the queue can
+/// neither be used nor declared, so a facade or worker could not set up its connection on any
+/// other node of the cluster. They get their own names because a queue cannot change type in
+/// place: classic delay queues left by an older version drain by themselves (their messages
+/// still expire into the work queue) and can then be deleted.
+pub fn retry_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
+    match settings.queue_type {
+        QueueType::Classic => format!("{}.retry.{delay_ms}", settings.queue),
+        QueueType::Quorum => format!("{}.retry-q.{delay_ms}", settings.queue),
+    }
 }
 
 /// The retry steps in milliseconds: base, 2·base, 4·base, … up to and including max.
@@ -108,10 +119,9 @@ pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> l
     queue_kind(&mut dead_args, settings.queue_type);
     declare(channel, &dead_letter_queue(&settings.queue), dead_args).await?;
     for step in retry_steps(settings) {
-        // Delay queues are classic (v2) whatever the work queue is: they only hold messages
-        // for a while, and classic queues expire them by TTL on every broker version.
+        // Delay queues are of the work queue's type (see `retry_queue`).
         let mut args = FieldTable::default();
-        queue_kind(&mut args, QueueType::Classic);
+        queue_kind(&mut args, settings.queue_type);
         args.insert(
             ShortString::from("x-message-ttl"),
             AMQPValue::LongLongInt(step as i64),
@@ -121,7 +131,7 @@ pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> l
             ShortString::from("x-dead-letter-routing-key"),
             text(&settings.queue),
         );
-        declare(channel, &retry_queue(&settings.queue, step), args).await?;
+        declare(channel, &retry_queue(settings, step), args).await?;
     }
     declare(channel, &settings.queue, queue_arguments(settings)).await
 }
@@ -142,5 +152,9 @@ mod tests {
         assert_eq!(retry_step(&amqp, 50), 5000);
         amqp.retry_max_delay_ms = 1000;
         assert_eq!(retry_steps(&amqp), [1000]);
+        amqp.queue = "jobs".into();
+        assert_eq!(retry_queue(&amqp, 1000), "jobs.retry.1000");
+        amqp.queue_type = QueueType::Quorum;
+        assert_eq!(retry_queue(&amqp, 1000), "jobs.retry-q.1000");
     }
 }

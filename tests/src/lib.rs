@@ -377,13 +377,18 @@ impl Stack {
             .setting("APP__AMQP__RETRY_MAX_DELAY_MS")
             .and_then(|v| v.parse().ok())
             .unwrap_or(60_000);
+        // Quorum delay queues have names of their own (see `shared::topology::retry_queue`).
+        let retry = match self.setting("APP__AMQP__QUEUE_TYPE").as_deref() {
+            Some("quorum") => "retry-q",
+            _ => "retry",
+        };
         let mut queues = vec![self.queue.clone(), self.dead_letter_queue()];
         let mut delay = base.max(1);
         while delay < max {
-            queues.push(format!("{}.retry.{delay}", self.queue));
+            queues.push(format!("{}.{retry}.{delay}", self.queue));
             delay *= 2;
         }
-        queues.push(format!("{}.retry.{max}", self.queue));
+        queues.push(format!("{}.{retry}.{max}", self.queue));
         queues
     }
 

@@ -420,6 +420,36 @@ impl PrivateRabbit {
         }
     }
 
+    /// Makes this node a member of `other`'s cluster (`stop_app`, `reset`, `join_cluster`,
+    /// `start_app`) and waits until AMQP works again. Both nodes share the Erlang cookie of user
+    /// `rabbitmq` (see the module comment).
+    pub async fn join(&self, other: &PrivateRabbit) {
+        for args in [
+            &["stop_app"][..],
+            &["reset"][..],
+            &["join_cluster", other.node()][..],
+            &["start_app"][..],
+        ] {
+            self.ctl_async(args, RABBIT_BOOT)
+                .await
+                .unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
+        }
+        let deadline = Instant::now() + RABBIT_BOOT;
+        while !amqp_works(&self.url()).await {
+            assert!(
+                Instant::now() < deadline,
+                "AMQP does not work after joining the cluster:\n{}",
+                tail(&self.log_file(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs `rabbitmqctl -n <this node> <args>` (bounded to 60 s) and returns what it printed.
+    pub async fn ctl_run(&self, args: &[&str]) -> Result<String, String> {
+        self.ctl_async(args, Duration::from_secs(60)).await
+    }
+
     /// Kills the node with SIGKILL (no clean shutdown) and waits until it is gone.
     pub fn kill9(&mut self) {
         let pid = self

@@ -490,7 +490,7 @@ impl Processor {
                 return Settle::Requeue;
             }
         }
-        let queue = topology::retry_queue(&self.amqp.queue, step);
+        let queue = topology::retry_queue(&self.amqp, step);
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         let id = doc.id.to_string();
         let outgoing = Outgoing::new(&id, incoming.data)
