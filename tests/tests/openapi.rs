@@ -85,6 +85,7 @@ async fn the_document_describes_the_contract() {
         ("/v1/jobs/{id}/result", &["get"]),
         ("/v1/jobs/{id}/events", &["get"]),
         ("/v1/workers", &["get"]),
+        ("/v1/overview", &["get"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),

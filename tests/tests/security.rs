@@ -406,6 +406,32 @@ async fn signed_urls_grant_reading_one_job_until_they_expire() {
         body["detail"].as_str().unwrap().contains("retired"),
         "{body}"
     );
+    // The OpenAPI document says so: with auth on, the key is required except to read a job,
+    // which the four signed-URL parameters also allow.
+    let doc: Value = stack
+        .http
+        .get(stack.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        doc["paths"]["/v1/jobs"]["post"]["security"],
+        json!([{"bearer": []}])
+    );
+    let read = &doc["paths"]["/v1/jobs/{id}"]["get"];
+    assert!(read["security"].as_array().unwrap().contains(&json!({})));
+    let params: Vec<&str> = read["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in ["tenant", "exp", "kid", "sig"] {
+        assert!(params.contains(&name), "{name} not documented: {params:?}");
+    }
     // A key's secret does not sign for another key id.
     problem(get(by("k2", K1)).await.unwrap(), StatusCode::FORBIDDEN).await;
 }
