@@ -387,3 +387,47 @@ async fn dashboard_in_a_real_browser_submits_watches_and_cancels() {
     );
     browser.quit().await;
 }
+
+/// With authentication on, the page asks for a key, says when a key is not an operator's, and
+/// shows the live figures once an operator key is entered (kept in the tab, sent as Bearer).
+#[tokio::test]
+async fn the_dashboard_asks_for_an_operator_key_when_auth_is_on() {
+    use sha2::{Digest, Sha256};
+    let (ops, user) = ("dash-ops-key-0123456789", "dash-user-key-0123456789");
+    let digest = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
+    let keys = format!(
+        "ops:acme:{}:operator,web:acme:{}",
+        digest(ops),
+        digest(user)
+    );
+    let options = StackOptions::default()
+        .workers(0)
+        .api_env("APP__AUTH__ENABLED", "true")
+        .api_env("APP__AUTH__KEYS", keys);
+    let stack = Stack::start_with("dash-auth", options).await;
+    let browser = Browser::start(1280, 900).await;
+    browser.goto(&stack.url("/dashboard")).await;
+    let wait = Duration::from_secs(20);
+    browser
+        .wait_text("#banner", wait, "asks for a key", |t| t.contains("API key"))
+        .await;
+    assert_eq!(browser.text("#queue-depth").await, "–");
+
+    // A key that is not an operator's: the page says so.
+    browser.fill("#key-input", user).await;
+    browser.click("#key-form button[type=submit]").await;
+    browser
+        .wait_text("#banner", wait, "not an operator", |t| {
+            t.contains("operator key")
+        })
+        .await;
+
+    // The operator's key (the key form is open again): the figures appear, the banner goes.
+    browser.fill("#key-input", ops).await;
+    browser.click("#key-form button[type=submit]").await;
+    browser
+        .wait_text("#queue-depth", wait, "queue depth shown", |t| t == "0")
+        .await;
+    assert_eq!(browser.text("#banner").await, "", "the banner is hidden");
+    browser.quit().await;
+}
