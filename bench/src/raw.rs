@@ -30,9 +30,21 @@ pub async fn connect(url: &str) -> Result<Connection> {
     Ok(Connection::connect(url, ConnectionProperties::default()).await?)
 }
 
-/// Declares a durable queue: classic version 2, or quorum.
-pub async fn declare(channel: &Channel, queue: &str, quorum: bool) -> Result<()> {
+/// Declares a durable queue: classic version 2, or quorum; `max_priority` as the service
+/// declares its classic work queue (`x-max-priority`).
+pub async fn declare(
+    channel: &Channel,
+    queue: &str,
+    quorum: bool,
+    max_priority: Option<u8>,
+) -> Result<()> {
     let mut args = FieldTable::default();
+    if let Some(max) = max_priority {
+        args.insert(
+            ShortString::from("x-max-priority"),
+            AMQPValue::ShortShortUInt(max),
+        );
+    }
     if quorum {
         args.insert(
             ShortString::from("x-queue-type"),

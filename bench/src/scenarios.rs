@@ -322,13 +322,23 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
         }
         let raw_queue = format!("{}-raw-{kind}", ctx.run_id);
         let loop_queue = format!("{}-loop-{kind}", ctx.run_id);
+        let prio_queue = format!("{}-rawprio-{kind}", ctx.run_id);
         let amqp_url = ctx.settings.amqp.url.clone();
         let redis_url = ctx.settings.redis.url.clone();
         {
             let connection = raw::connect(&amqp_url).await?;
             let channel = connection.create_channel().await?;
-            raw::declare(&channel, &raw_queue, quorum).await?;
-            raw::declare(&channel, &loop_queue, quorum).await?;
+            raw::declare(&channel, &raw_queue, quorum, None).await?;
+            raw::declare(&channel, &loop_queue, quorum, None).await?;
+            if !quorum {
+                raw::declare(
+                    &channel,
+                    &prio_queue,
+                    quorum,
+                    Some(shared::topology::MAX_PRIORITY),
+                )
+                .await?;
+            }
             let _ = connection.close(200, "declared".into()).await;
         }
         let sizes = ctx.sizes.clone();
@@ -367,6 +377,27 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
                 ),
             )
             .await?;
+            if !quorum {
+                // The same on a queue declared as the service declares its classic work queue
+                // (with priorities), to tell the queue's cost from the service's.
+                ctx.measure(
+                    &alone,
+                    &scenario,
+                    "raw pipeline on a priority queue (x-max-priority 9, as the service's)",
+                    "jobs/s",
+                    sizes.e2e_jobs,
+                    raw::pipeline(
+                        &amqp_url,
+                        &redis_url,
+                        &prio_queue,
+                        &raw_prefix,
+                        sizes.e2e_jobs,
+                        sizes.clients,
+                        ctx.settings.amqp.prefetch,
+                    ),
+                )
+                .await?;
+            }
             ctx.measure(
                 &alone,
                 &scenario,
@@ -401,7 +432,7 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
         } else {
             peak.finish();
         }
-        raw::delete_queues(&amqp_url, &[raw_queue, loop_queue]).await?;
+        raw::delete_queues(&amqp_url, &[raw_queue, loop_queue, prio_queue]).await?;
         let mut redis = ctx.redis.clone();
         delete_matching(&mut redis, &format!("{raw_prefix}:*")).await?;
         if quorum {
