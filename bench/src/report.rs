@@ -23,8 +23,8 @@ pub struct Figure {
     pub median: f64,
     /// CPU seconds per component over all of this variant's rounds.
     pub cpu_seconds: CpuSeconds,
-    /// Work items per round (jobs, requests, messages), for CPU per item.
-    pub work_per_round: u64,
+    /// Work items (jobs, requests, messages) over all rounds, for CPU per item.
+    pub work_total: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,12 +71,13 @@ impl Report {
                     rounds: Vec::new(),
                     median: 0.0,
                     cpu_seconds: CpuSeconds::new(),
-                    work_per_round: work,
+                    work_total: 0,
                 });
                 self.figures.last_mut().expect("just pushed")
             }
         };
         figure.rounds.push(round3(value));
+        figure.work_total += work;
         figure.median = round3(median(&figure.rounds));
         for (component, secs) in cpu {
             *figure.cpu_seconds.entry(component.clone()).or_default() += secs;
@@ -84,6 +85,16 @@ impl Report {
         for secs in figure.cpu_seconds.values_mut() {
             *secs = (*secs * 100.0).round() / 100.0;
         }
+    }
+
+    /// CPU microseconds per work item, by component (what a figure cost, whatever the load).
+    pub fn cpu_per_item(figure: &Figure) -> BTreeMap<String, f64> {
+        figure
+            .cpu_seconds
+            .iter()
+            .filter(|(_, s)| **s > 0.0 && figure.work_total > 0)
+            .map(|(c, s)| (c.clone(), (s * 1e6 / figure.work_total as f64).round()))
+            .collect()
     }
 
     pub fn median_of(&self, scenario: &str, variant: &str) -> Option<f64> {
@@ -149,15 +160,15 @@ impl Report {
             );
         }
         out.push_str("\n## Figures (median of the rounds; rounds in the order they ran, alternating with their baselines)\n\n");
-        out.push_str("| scenario | variant | median | unit | rounds | CPU s per component (all rounds) |\n|---|---|---:|---|---|---|\n");
+        out.push_str("| scenario | variant | median | unit | rounds | CPU µs per job/request/message, by component |\n|---|---|---:|---|---|---|\n");
         for f in &self.figures {
             let rounds: Vec<String> = f.rounds.iter().map(|r| format!("{r}")).collect();
-            let cpu: Vec<String> = f
-                .cpu_seconds
-                .iter()
-                .filter(|(_, s)| **s > 0.0)
-                .map(|(c, s)| format!("{c} {s:.2}"))
-                .collect();
+            let per_item = Self::cpu_per_item(f);
+            let total: f64 = per_item.values().sum();
+            let mut cpu: Vec<String> = per_item.iter().map(|(c, us)| format!("{c} {us}")).collect();
+            if cpu.len() > 1 {
+                cpu.push(format!("**total {total}**"));
+            }
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} |",
