@@ -361,6 +361,20 @@ fn goals(r: &mut Report) {
             format!("{:.0} / {:.0} jobs/s", s.unwrap_or(0.0), p.unwrap_or(0.0)),
         );
     }
+    // Not a goal: the same ratio against a raw pipeline that uses the broker as the service
+    // does (priority queue, mandatory publish with headers), to tell the design's broker
+    // features from the service's own cost.
+    let s = r.median_of(&e2e("classic"), service);
+    let like = r.median_of(
+        &e2e("classic"),
+        "raw pipeline on a priority queue, publishing as the service does (mandatory, message id, traceparent)",
+    );
+    if let Some((s, l)) = s.zip(like) {
+        r.notes.push(format!(
+            "end-to-end (classic) against a raw pipeline using the broker as the service does: {:.3} ({s:.0} / {l:.0} jobs/s)",
+            s / l
+        ));
+    }
     let celery_s = "2. versus Celery: no-op jobs/s end to end";
     let ours = r.median_of(celery_s, "service (classic queue)");
     let best_celery = r

@@ -89,7 +89,31 @@ fn persistent() -> BasicProperties {
         .with_content_type(ShortString::from("application/json"))
 }
 
-async fn publish_confirmed(channel: &Channel, queue: &str, payload: &[u8]) -> Result<()> {
+/// How the raw pipeline publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// A bare persistent publish.
+    Bare,
+    /// As the service publishes: mandatory, with a message id and a `traceparent` header
+    /// (`shared::publish`).
+    AsTheService,
+}
+
+async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    payload: &[u8],
+    how: Publish,
+) -> Result<()> {
+    if how == Publish::AsTheService {
+        let id = uuid::Uuid::new_v4().to_string();
+        let outgoing = shared::publish::Outgoing::new(&id, payload).traceparent(Some(
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ));
+        return shared::publish::publish_confirmed(channel, queue, outgoing, RUN_LIMIT)
+            .await
+            .map_err(|e| msg(e.to_string()));
+    }
     let confirm = channel
         .basic_publish(
             ShortString::from(""),
@@ -155,6 +179,7 @@ pub async fn pipeline(
     jobs: u64,
     producers: usize,
     prefetch: u16,
+    how: Publish,
 ) -> Result<f64> {
     let payloads = Arc::new(Payloads::new());
     let redis = redis::Client::open(redis_url)?;
@@ -251,7 +276,7 @@ pub async fn pipeline(
                     .arg(&payloads.queued)
                     .query_async(&mut redis)
                     .await?;
-                publish_confirmed(&publisher, &queue, &payloads.message).await?;
+                publish_confirmed(&publisher, &queue, &payloads.message, how).await?;
             }
         }));
     }

@@ -374,6 +374,7 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
                     sizes.e2e_jobs,
                     sizes.clients,
                     ctx.settings.amqp.prefetch,
+                    raw::Publish::Bare,
                 ),
             )
             .await?;
@@ -394,6 +395,25 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
                         sizes.e2e_jobs,
                         sizes.clients,
                         ctx.settings.amqp.prefetch,
+                        raw::Publish::Bare,
+                    ),
+                )
+                .await?;
+                ctx.measure(
+                    &alone,
+                    &scenario,
+                    "raw pipeline on a priority queue, publishing as the service does (mandatory, message id, traceparent)",
+                    "jobs/s",
+                    sizes.e2e_jobs,
+                    raw::pipeline(
+                        &amqp_url,
+                        &redis_url,
+                        &prio_queue,
+                        &raw_prefix,
+                        sizes.e2e_jobs,
+                        sizes.clients,
+                        ctx.settings.amqp.prefetch,
+                        raw::Publish::AsTheService,
                     ),
                 )
                 .await?;
