@@ -97,6 +97,27 @@ impl Report {
             .collect()
     }
 
+    pub fn rounds_of(&self, scenario: &str, variant: &str) -> Option<&[f64]> {
+        self.figures
+            .iter()
+            .find(|f| f.scenario == scenario && f.variant == variant)
+            .map(|f| f.rounds.as_slice())
+    }
+
+    /// The median over rounds of `f(a[i], b[i], …)`, pairing the rounds that ran next to each
+    /// other (so under the same load on a shared machine); `None` if a figure is missing.
+    pub fn paired(&self, figures: &[(&str, &str)], f: impl Fn(&[f64]) -> f64) -> Option<f64> {
+        let rounds: Vec<&[f64]> = figures
+            .iter()
+            .map(|(s, v)| self.rounds_of(s, v))
+            .collect::<Option<_>>()?;
+        let n = rounds.iter().map(|r| r.len()).min()?;
+        let values: Vec<f64> = (0..n)
+            .map(|i| f(&rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))
+            .collect();
+        (!values.is_empty()).then(|| median(&values))
+    }
+
     pub fn median_of(&self, scenario: &str, variant: &str) -> Option<f64> {
         self.figures
             .iter()
@@ -192,4 +213,25 @@ impl Report {
 
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_take_the_median_of_the_rounds() {
+        let mut r = Report::default();
+        let none = CpuSeconds::new();
+        for (a, b) in [(10.0, 20.0), (30.0, 30.0), (5.0, 100.0)] {
+            r.record("s", "a", "x", a, &none, 1);
+            r.record("s", "b", "x", b, &none, 1);
+        }
+        // Per round 0.5, 1.0, 0.05: median 0.5 (the ratio of the medians would be 10/30).
+        assert_eq!(r.paired(&[("s", "a"), ("s", "b")], |x| x[0] / x[1]), Some(0.5));
+        assert_eq!(r.paired(&[("s", "a"), ("s", "missing")], |x| x[0]), None);
+        assert_eq!(r.median_of("s", "a"), Some(10.0));
+        let f = &r.figures[0];
+        assert_eq!(f.work_total, 3);
+    }
 }
