@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                 only,
             };
             match runtime.block_on(run(options)) {
-                Ok(failures) if failures == 0 => ExitCode::SUCCESS,
+                Ok(0) => ExitCode::SUCCESS,
                 Ok(failures) => {
                     eprintln!("{failures} scenario(s) failed; see the notes in the results");
                     ExitCode::FAILURE

@@ -228,7 +228,10 @@ mod tests {
             r.record("s", "b", "x", b, &none, 1);
         }
         // Per round 0.5, 1.0, 0.05: median 0.5 (the ratio of the medians would be 10/30).
-        assert_eq!(r.paired(&[("s", "a"), ("s", "b")], |x| x[0] / x[1]), Some(0.5));
+        assert_eq!(
+            r.paired(&[("s", "a"), ("s", "b")], |x| x[0] / x[1]),
+            Some(0.5)
+        );
         assert_eq!(r.paired(&[("s", "a"), ("s", "missing")], |x| x[0]), None);
         assert_eq!(r.median_of("s", "a"), Some(10.0));
         let f = &r.figures[0];
