@@ -83,6 +83,22 @@ pub async fn delete_queues(url: &str, queues: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes `exchanges` (Celery declares one per queue); missing ones are fine.
+pub async fn delete_exchanges(url: &str, exchanges: &[String]) -> Result<()> {
+    let connection = connect(url).await?;
+    for exchange in exchanges {
+        let channel = connection.create_channel().await?;
+        let _ = channel
+            .exchange_delete(
+                ShortString::from(exchange.as_str()),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = connection.close(200, ShortString::from("bench done")).await;
+    Ok(())
+}
+
 fn persistent() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)

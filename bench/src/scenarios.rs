@@ -594,6 +594,8 @@ pub async fn celery(ctx: &mut Ctx, stack: &Stack) -> Result<()> {
         worker.stop(Duration::from_secs(10));
     }
     raw::delete_queues(&ctx.settings.amqp.url, &queues).await?;
+    // Celery also declared a direct exchange named after each queue.
+    raw::delete_exchanges(&ctx.settings.amqp.url, &queues).await?;
     let mut redis = ctx.redis.clone();
     delete_matching(&mut redis, &format!("{prefix}*")).await?;
     Ok(())
