@@ -375,6 +375,12 @@ fn goals(r: &mut Report) {
             "end-to-end (classic) against a raw pipeline using the broker as the service does: {x:.3} (median of the per-round ratios)"
         ));
     }
+    let tuned = "service with worker.concurrency 32 (= prefetch)";
+    if let Some(x) = r.paired(&[(&classic, tuned), (&classic, raw)], ratio) {
+        r.notes.push(format!(
+            "end-to-end (classic) with worker.concurrency 32 against the raw pipeline: {x:.3} (median of the per-round ratios)"
+        ));
+    }
     let celery_s = "2. versus Celery: no-op jobs/s end to end";
     let ours = "service (classic queue)";
     let pools: Vec<String> = r

@@ -344,6 +344,20 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
         let sizes = ctx.sizes.clone();
         let with_stack = ctx.components(Some(&stack));
         let alone = ctx.components(None);
+        // The same service with `worker.concurrency` raised to the prefetch (32): a tuning
+        // for short jobs (see BENCHMARKS.md), measured beside the defaults.
+        let tuned = if quorum {
+            None
+        } else {
+            Some(
+                Stack::start(
+                    &ctx.bins,
+                    ctx.spec(&format!("e2e-{kind}-c32"), quorum, 1, Some(32)),
+                    &ctx.logs,
+                )
+                .await?,
+            )
+        };
         let raw_prefix = format!("{}-raw-{kind}", ctx.run_id);
         let peak = RssPeak::start(vec![
             ("facade".into(), stack.api.pid()),
@@ -360,6 +374,18 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
                 jobs_through(&stack, &mut redis, ECHO, sizes.e2e_jobs, sizes.clients),
             )
             .await?;
+            if let Some(tuned) = &tuned {
+                let components = ctx.components(Some(tuned));
+                ctx.measure(
+                    &components,
+                    &scenario,
+                    "service with worker.concurrency 32 (= prefetch)",
+                    "jobs/s",
+                    sizes.e2e_jobs,
+                    jobs_through(tuned, &mut redis, ECHO, sizes.e2e_jobs, sizes.clients),
+                )
+                .await?;
+            }
             ctx.measure(
                 &alone,
                 &scenario,
@@ -455,6 +481,9 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
         raw::delete_queues(&amqp_url, &[raw_queue, loop_queue, prio_queue]).await?;
         let mut redis = ctx.redis.clone();
         delete_matching(&mut redis, &format!("{raw_prefix}:*")).await?;
+        if let Some(tuned) = tuned {
+            tuned.remove(&ctx.settings, &mut redis).await;
+        }
         if quorum {
             stack.remove(&ctx.settings, &mut redis).await;
         } else {
