@@ -1,6 +1,7 @@
 //! `GET /metrics` (Prometheus text format) and the middleware that counts and times every
 //! request.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::time::Instant;
 
@@ -45,6 +46,32 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The pattern of a job route (`/v1/jobs`, `/v1/jobs/{id}`, `…/result`, `…/events`),
+/// recognised without the router: `match_pattern` walks the resource map again and runs a
+/// capturing regex per dynamic resource, which cost about 5% of the facade's CPU on every
+/// status poll (see BENCHMARKS.md). `{id}` is one non-empty segment, as in the router; a path
+/// this does not recognise (or with percent-escapes) falls back to `match_pattern`.
+fn job_route(path: &str) -> Option<&'static str> {
+    let rest = path.strip_prefix("/v1/jobs")?;
+    if rest.is_empty() {
+        return Some("/v1/jobs");
+    }
+    let rest = rest.strip_prefix('/')?;
+    let (id, tail) = match rest.split_once('/') {
+        Some((id, tail)) => (id, Some(tail)),
+        None => (rest, None),
+    };
+    if id.is_empty() || id.contains('%') {
+        return None;
+    }
+    match tail {
+        None => Some("/v1/jobs/{id}"),
+        Some("result") => Some("/v1/jobs/{id}/result"),
+        Some("events") => Some("/v1/jobs/{id}/events"),
+        Some(_) => None,
+    }
+}
+
 /// Middleware (for `App::wrap_fn`): counts each request by route pattern, method and status,
 /// and times it.
 pub fn record<S, B>(
@@ -55,9 +82,13 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route: Cow<'static, str> = match job_route(req.path()) {
+        Some(pattern) => Cow::Borrowed(pattern),
+        None => Cow::Owned(
+            req.match_pattern()
+                .unwrap_or_else(|| "unmatched".to_owned()),
+        ),
+    };
     let method = method_label(req.method());
     let started = Instant::now();
     let response = service.call(req);
@@ -68,11 +99,45 @@ where
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
         metrics::HTTP_REQUESTS
-            .with_label_values(&[route.as_str(), method, &status.to_string()])
+            .with_label_values(&[route.as_ref(), method, &status.to_string()])
             .inc();
         metrics::HTTP_DURATION
-            .with_label_values(&[route.as_str(), method])
+            .with_label_values(&[route.as_ref(), method])
             .observe(started.elapsed().as_secs_f64());
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::job_route;
+
+    #[test]
+    fn job_routes_are_recognised_like_the_router_does() {
+        let id = "/v1/jobs/0b7c4f0e-4b7e-4a55-9d7e-2f0c8e1d6a3b";
+        assert_eq!(job_route("/v1/jobs"), Some("/v1/jobs"));
+        assert_eq!(job_route(id), Some("/v1/jobs/{id}"));
+        assert_eq!(job_route("/v1/jobs/not-a-uuid"), Some("/v1/jobs/{id}"));
+        assert_eq!(
+            job_route(&format!("{id}/result")),
+            Some("/v1/jobs/{id}/result")
+        );
+        assert_eq!(
+            job_route(&format!("{id}/events")),
+            Some("/v1/jobs/{id}/events")
+        );
+        // Left to the router.
+        for other in [
+            "/v1/jobs/",
+            "/v1/jobsx",
+            "/v1/jobs//result",
+            "/v1/jobs/a%2Fb",
+            "/v1/jobs/a/b",
+            "/v1/jobs/a/result/",
+            "/v1/workers",
+            "/healthz",
+        ] {
+            assert_eq!(job_route(other), None, "{other}");
+        }
     }
 }
