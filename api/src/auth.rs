@@ -11,7 +11,7 @@
 //! an unknown id.
 
 use std::future::{ready, Ready};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use actix_web::dev::Payload;
 use actix_web::http::{header, Method};
@@ -73,9 +73,11 @@ pub struct Caller {
 
 impl Caller {
     fn anonymous() -> Self {
+        // Built once: with authentication off every request is this caller.
+        static IDENTITY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("anonymous"));
         Caller {
             tenant: Tenant::default(),
-            identity: Arc::from("anonymous"),
+            identity: IDENTITY.clone(),
             operator: true,
             anonymous: true,
             signed: None,

@@ -72,41 +72,38 @@ impl Limits {
         }
     }
 
-    fn check(limiter: &Option<Limiter>, caller: &Caller) -> Result<(), u64> {
+    /// Takes a token from `caller`'s bucket in `limiter`; when there is none, counts and logs
+    /// the refusal (`what`) and answers 429 with the whole seconds until the next token.
+    fn check(
+        &self,
+        limiter: &Option<Limiter>,
+        refused: &AtomicU64,
+        what: &str,
+        caller: &Caller,
+    ) -> Result<(), ApiError> {
         let Some(limiter) = limiter.as_ref().filter(|_| !caller.anonymous) else {
             return Ok(());
         };
         limiter.check_key(&caller.identity).map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            // Whole seconds, rounded up: a client that waits that long gets through.
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            log_refusal(refused, what, &caller.identity);
+            // Whole seconds, rounded up (at least one): a client that waits that long gets
+            // through.
+            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            ApiError::RateLimited {
+                retry_after: retry_after.max(1),
+            }
         })
     }
 
     pub fn check_submit(&self, caller: &Caller) -> Result<(), ApiError> {
-        Self::check(&self.submit, caller).map_err(|retry_after| {
-            log_refusal(
-                &self.counters.submit_limited,
-                "submit rate limit reached",
-                &caller.identity,
-            );
-            ApiError::RateLimited {
-                retry_after: retry_after.max(1),
-            }
-        })
+        let refused = &self.counters.submit_limited;
+        self.check(&self.submit, refused, "submit rate limit reached", caller)
     }
 
     pub fn check_poll(&self, caller: &Caller) -> Result<(), ApiError> {
-        Self::check(&self.poll, caller).map_err(|retry_after| {
-            log_refusal(
-                &self.counters.poll_limited,
-                "poll rate limit reached",
-                &caller.identity,
-            );
-            ApiError::RateLimited {
-                retry_after: retry_after.max(1),
-            }
-        })
+        let refused = &self.counters.poll_limited;
+        self.check(&self.poll, refused, "poll rate limit reached", caller)
     }
 
     /// A slot for one long-poll or event stream of `caller`, given back when dropped.

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
-use shared::{JobId, JobStatus, StatusDocument};
+use shared::{JobId, JobStatus, KeyLayout, StatusDocument};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::limits::WaitSlot;
 use crate::notifier::Watch;
+use crate::startup::AppState;
 use crate::status_store::{Lookup, StatusStore};
 
 /// The `wait` preference of the request in whole seconds, capped at `max_seconds`; `None` when
@@ -30,6 +33,20 @@ pub fn prefer_wait(req: &HttpRequest, max_seconds: u64) -> Option<Duration> {
         })
         .next()
         .map(|seconds| Duration::from_secs(seconds.min(max_seconds)))
+}
+
+/// Starts watching `caller`'s job `id` (a long-poll or an event stream): takes one of the
+/// key's wait slots (429 when it has none left), held until the slot is dropped, then
+/// subscribes to the job's changes. Call it before reading the job, so no change falls in
+/// between; the watch is `None` when notifications are unavailable (the waiter then re-reads).
+pub async fn subscribe(
+    state: &AppState,
+    caller: &Caller,
+    keys: &KeyLayout,
+    id: &JobId,
+) -> Result<(WaitSlot, Option<Watch>), ApiError> {
+    let slot = state.limits.wait_slot(caller)?;
+    Ok((slot, state.notifier.watch(keys, id).await.ok()))
 }
 
 /// Says that the wait preference was honoured.

@@ -78,41 +78,6 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
             shared::fleet::WorkerRecord,
             shared::job_types::FieldError,
             JobRequest,
-        ),
-        responses(
-            OpenApiJson,
-            JobAccepted,
-            JobPending,
-            JobSucceeded,
-            JobResult,
-            NotModified,
-            JobCanceledConflict,
-            JobFailedInput,
-            JobFailed,
-            JobFinishedConflict,
-            JobCanceledAlready,
-            JobCancelAccepted,
-            JobList,
-            JobEvents,
-            WorkerList,
-            Overview,
-            Health,
-            Ready,
-            NotReady,
-            Metrics,
-            BadRequest,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            Gone,
-            SubmitConflict,
-            RequestTimeout,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            SubmitUnprocessable,
-            InvalidParameter,
-            TooManyRequests,
-            Unavailable,
         )
     ),
     modifiers(&SecurityScheme),
@@ -158,14 +123,13 @@ pub fn document(settings: &Settings) -> Vec<u8> {
 pub fn document_value(settings: &Settings) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     let components = &mut doc["components"];
-    // Responses as written below (with `required` headers, which utoipa's types drop).
-    if let Some(responses) = components["responses"].as_object_mut() {
-        for (name, response) in responses.iter_mut() {
-            if let Some(full) = response_json(name) {
-                *response = full;
-            }
-        }
-    }
+    // Every response component, as written below (with `required` headers, which utoipa's
+    // types drop); the operations refer to them by name.
+    let responses: serde_json::Map<String, Value> = RESPONSES
+        .iter()
+        .filter_map(|name| Some(((*name).to_owned(), response_json(name)?)))
+        .collect();
+    components["responses"] = Value::Object(responses);
     if let Some(schemas) = components["schemas"].as_object_mut() {
         for (name, schema) in problem_schemas() {
             schemas.insert(name.into(), schema);
@@ -810,17 +774,22 @@ fn from_json<T: serde::de::DeserializeOwned + Default>(value: Value) -> T {
     serde_json::from_value(value).unwrap_or_default()
 }
 
-/// Declares a response component whose full JSON is in [`response_json`].
+/// Declares the response components whose full JSON is in [`response_json`], and
+/// [`RESPONSES`], their names: the one list the document's components are made from.
 macro_rules! responses {
-    ($($name:ident),* $(,)?) => {$(
-        pub struct $name;
-        impl<'r> ToResponse<'r> for $name {
-            fn response() -> (&'r str, RefOr<Response>) {
-                let json = response_json(stringify!($name)).unwrap_or(Value::Null);
-                (stringify!($name), RefOr::T(from_json::<Response>(json)))
+    ($($name:ident),* $(,)?) => {
+        $(
+            pub struct $name;
+            impl<'r> ToResponse<'r> for $name {
+                fn response() -> (&'r str, RefOr<Response>) {
+                    let json = response_json(stringify!($name)).unwrap_or(Value::Null);
+                    (stringify!($name), RefOr::T(from_json::<Response>(json)))
+                }
             }
-        }
-    )*};
+        )*
+        /// Names of every response component.
+        const RESPONSES: &[&str] = &[$(stringify!($name)),*];
+    };
 }
 
 responses!(
@@ -1062,9 +1031,12 @@ mod tests {
 
     #[test]
     fn every_response_component_has_its_json() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
-        for name in doc["components"]["responses"].as_object().unwrap().keys() {
+        for name in RESPONSES {
             assert!(response_json(name).is_some(), "{name}");
         }
+        let settings = Settings::load(None).expect("default settings");
+        let doc = document_value(&settings);
+        let served = doc["components"]["responses"].as_object().unwrap();
+        assert_eq!(served.len(), RESPONSES.len());
     }
 }

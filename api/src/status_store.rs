@@ -64,6 +64,11 @@ impl StatusStore {
 
     /// The same store for `tenant`'s jobs: every job key it builds carries the tenant.
     pub fn for_tenant(&self, tenant: &shared::Tenant) -> StatusStore {
+        // Every request asks: the store's own tenant (the default one, always, with
+        // authentication off) costs a clone of the handle, not a new layout.
+        if self.keys.tenant() == tenant {
+            return self.clone();
+        }
         StatusStore {
             keys: Arc::new(self.keys.for_tenant(tenant)),
             ..self.clone()

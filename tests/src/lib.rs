@@ -437,6 +437,13 @@ impl Stack {
             .expect("POST /v1/jobs")
     }
 
+    /// GETs `path` without a key, asserts a 200 and returns its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.json().await.expect("a JSON body")
+    }
+
     /// Submits and asserts 202; returns the status monitor's path.
     pub async fn submit_ok(&self, body: &Value) -> String {
         let response = self.submit(body).await;

@@ -14,14 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 async fn overview(stack: &Stack) -> Value {
-    let response = stack
-        .http
-        .get(stack.url("/v1/overview"))
-        .send()
-        .await
-        .expect("GET /v1/overview");
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.expect("JSON overview")
+    stack.get_json("/v1/overview").await
 }
 
 /// Polls the overview (it is recomputed at most once a second) until `check` holds.
@@ -144,15 +137,7 @@ async fn dashboard_assets_have_types_etags_and_a_strict_policy() {
     assert_eq!(response.headers()["content-encoding"], "gzip");
 
     // The catalog the form offers is the service's own.
-    let types: Value = stack
-        .http
-        .get(stack.url("/dashboard/job-types.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let types: Value = stack.get_json("/dashboard/job-types.json").await;
     let names: Vec<&str> = types
         .as_array()
         .unwrap()

@@ -130,15 +130,7 @@ async fn jobs_cancel_long_polls_and_events_work_on_a_redis_cluster() {
     locations.push(long);
 
     // Listing reads the jobs index and the jobs (different slots) in one request.
-    let listed: Value = stack
-        .http
-        .get(stack.url("/v1/jobs?limit=100"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = stack.get_json("/v1/jobs?limit=100").await;
     let ids: Vec<&str> = listed["jobs"]
         .as_array()
         .unwrap()
@@ -153,15 +145,7 @@ async fn jobs_cancel_long_polls_and_events_work_on_a_redis_cluster() {
     }
 
     // The worker registry (a record per worker, read with one MGET across slots).
-    let workers: Value = stack
-        .http
-        .get(stack.url("/v1/workers"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let workers: Value = stack.get_json("/v1/workers").await;
     assert_eq!(workers["workers"].as_array().map(Vec::len), Some(1));
 
     // It really was a cluster: the jobs' keys are spread over more than one node.

@@ -48,6 +48,14 @@ fn with_signing(options: StackOptions) -> StackOptions {
     )
 }
 
+/// GET `path` with `key`.
+async fn get_as(stack: &Stack, path: &str, key: &str) -> Response {
+    bearer(stack.http.get(stack.url(path)), key)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn bearer(request: RequestBuilder, key: &str) -> RequestBuilder {
     request.header("authorization", format!("Bearer {key}"))
 }
@@ -139,21 +147,12 @@ async fn tenants_never_see_each_others_jobs() {
 
     // The owner's tenant reads it (either key), Bob's does not: the same 404 as an unknown id.
     for key in [ALICE, OPS] {
-        let r = bearer(stack.http.get(stack.url(&loc)), key)
-            .send()
-            .await
-            .unwrap();
+        let r = get_as(&stack, &loc, key).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
     let unknown = uuid::Uuid::new_v4().to_string();
     let unknown_body = problem(
-        bearer(
-            stack.http.get(stack.url(&format!("/v1/jobs/{unknown}"))),
-            BOB,
-        )
-        .send()
-        .await
-        .unwrap(),
+        get_as(&stack, &format!("/v1/jobs/{unknown}"), BOB).await,
         StatusCode::NOT_FOUND,
     )
     .await;
@@ -166,10 +165,7 @@ async fn tenants_never_see_each_others_jobs() {
         format!("/v1/jobs/{id}/result"),
         format!("/v1/jobs/{id}/events"),
     ] {
-        let r = bearer(stack.http.get(stack.url(&path)), BOB)
-            .send()
-            .await
-            .unwrap();
+        let r = get_as(&stack, &path, BOB).await;
         same_as_unknown(problem(r, StatusCode::NOT_FOUND).await);
     }
     let cancel = bearer(stack.http.delete(stack.url(&format!("/v1/jobs/{id}"))), BOB)
@@ -217,13 +213,7 @@ async fn tenants_never_see_each_others_jobs() {
 
     // Bob can cancel his own job, and Alice cannot see it.
     let bob_id = id_of(&bob_first);
-    let r = bearer(
-        stack.http.get(stack.url(&format!("/v1/jobs/{bob_id}"))),
-        ALICE,
-    )
-    .send()
-    .await
-    .unwrap();
+    let r = get_as(&stack, &format!("/v1/jobs/{bob_id}"), ALICE).await;
     problem(r, StatusCode::NOT_FOUND).await;
     let r = bearer(
         stack.http.delete(stack.url(&format!("/v1/jobs/{bob_id}"))),
@@ -234,10 +224,7 @@ async fn tenants_never_see_each_others_jobs() {
     .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     // Alice's job is still queued: Bob's cancel never touched it.
-    let r = bearer(stack.http.get(stack.url(&loc)), ALICE)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&stack, &loc, ALICE).await;
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["status"], "queued");
 
@@ -408,15 +395,7 @@ async fn signed_urls_grant_reading_one_job_until_they_expire() {
     );
     // The OpenAPI document says so: with auth on, the key is required except to read a job,
     // which the four signed-URL parameters also allow.
-    let doc: Value = stack
-        .http
-        .get(stack.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = stack.get_json("/openapi.json").await;
     assert_eq!(
         doc["paths"]["/v1/jobs"]["post"]["security"],
         json!([{"bearer": []}])
@@ -492,15 +471,9 @@ async fn rate_limits_and_wait_caps_answer_429_with_retry_after() {
 
     // One open wait per key: an event stream holds it; a second stream or a long-poll is 429.
     let events = format!("{loc}/events");
-    let stream = bearer(stack.http.get(stack.url(&events)), ALICE)
-        .send()
-        .await
-        .unwrap();
+    let stream = get_as(&stack, &events, ALICE).await;
     assert_eq!(stream.status(), StatusCode::OK);
-    let second = bearer(stack.http.get(stack.url(&events)), ALICE)
-        .send()
-        .await
-        .unwrap();
+    let second = get_as(&stack, &events, ALICE).await;
     assert_eq!(second.headers()["retry-after"], "1");
     let body = problem(second, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(
@@ -519,10 +492,7 @@ async fn rate_limits_and_wait_caps_answer_429_with_retry_after() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         tokio::time::sleep(Duration::from_millis(1100)).await; // the poll budget refills
-        let again = bearer(stack.http.get(stack.url(&events)), ALICE)
-            .send()
-            .await
-            .unwrap();
+        let again = get_as(&stack, &events, ALICE).await;
         if again.status() == StatusCode::OK {
             break;
         }
@@ -534,15 +504,7 @@ async fn rate_limits_and_wait_caps_answer_429_with_retry_after() {
     }
 
     // The refusals are visible in /readyz.
-    let ready: Value = stack
-        .http
-        .get(stack.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = stack.get_json("/readyz").await;
     let limits = &ready["limits"];
     assert!(
         limits["rate_limits"]["submit_limited_total"]
@@ -597,15 +559,7 @@ async fn a_deep_queue_sheds_submits_with_503() {
         problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
     }
     assert_eq!(stack.queue_len(&stack.queue).await, queued);
-    let ready: Value = stack
-        .http
-        .get(stack.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = stack.get_json("/readyz").await;
     let admission = &ready["limits"]["admission"];
     assert_eq!(admission["shedding"], true, "{ready}");
     assert_eq!(admission["max_queue_depth"], 3);

@@ -16,6 +16,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::job_response::etag;
 use crate::limits::WaitSlot;
+use crate::long_poll::subscribe;
 use crate::notifier::Watch;
 use crate::routes::jobs::parse_id;
 use crate::startup::AppState;
@@ -139,10 +140,9 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
     state.limits.check_poll(&caller)?;
-    let slot = state.limits.wait_slot(&caller)?;
     let store = state.store.for_tenant(&caller.tenant);
     // Subscribe first, then read, so no change falls in between.
-    let watch = state.notifier.watch(store.keys(), &id).await.ok();
+    let (slot, watch) = subscribe(&state, &caller, store.keys(), &id).await?;
     let doc = match store.document(&id).await? {
         Lookup::Found(bytes) => bytes,
         Lookup::Gone => return Err(ApiError::JobGone),

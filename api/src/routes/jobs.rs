@@ -6,7 +6,7 @@ use shared::{JobId, JobStatus, StatusDocument};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::job_response::{etag, result_answer, status_answer};
-use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
+use crate::long_poll::{mark_applied, prefer_wait, subscribe, wait_for, Until};
 use crate::startup::AppState;
 use crate::status_store::Lookup;
 
@@ -68,15 +68,13 @@ pub async fn status(
     state.limits.check_poll(&caller)?;
     let store = state.store.for_tenant(&caller.tenant);
     let wait = prefer_wait(&req, state.settings.http.max_wait_seconds);
-    // A long-poll holds one of its key's wait slots while it waits.
-    let _slot = match wait {
-        Some(_) => Some(state.limits.wait_slot(&caller)?),
-        None => None,
-    };
     // A long-poll subscribes before it reads, so no change falls in between.
-    let watch = match wait {
-        Some(_) => state.notifier.watch(store.keys(), &id).await.ok(),
-        None => None,
+    let (_slot, watch) = match wait {
+        Some(_) => {
+            let (slot, watch) = subscribe(&state, &caller, store.keys(), &id).await?;
+            (Some(slot), watch)
+        }
+        None => (None, None),
     };
     let mut bytes = found(store.document(&id).await?)?;
     let mut doc = decode(&bytes)?;

@@ -14,7 +14,7 @@ use crate::body::read_json;
 use crate::error::ApiError;
 use crate::idempotency::{self, Claim, Idempotency};
 use crate::job_response::{etag, fresh_status_answer, retry_after, with_query};
-use crate::long_poll::{mark_applied, prefer_wait, wait_for, Until};
+use crate::long_poll::{mark_applied, prefer_wait, subscribe, wait_for, Until};
 use crate::startup::AppState;
 use crate::submission::Submission;
 
@@ -112,14 +112,13 @@ async fn submit_traced(
         Claim::Replay(answer) => return Ok(answer),
     };
     let wait = prefer_wait(&req, state.settings.http.max_wait_seconds);
-    let _slot = match wait {
-        Some(_) => Some(state.limits.wait_slot(&caller)?),
-        None => None,
-    };
     // Subscribed before the job exists, so even an instant job's end is seen.
-    let watch = match wait {
-        Some(_) => state.notifier.watch(store.keys(), &id).await.ok(),
-        None => None,
+    let (_slot, watch) = match wait {
+        Some(_) => {
+            let (slot, watch) = subscribe(&state, &caller, store.keys(), &id).await?;
+            (Some(slot), watch)
+        }
+        None => (None, None),
     };
     store
         .create(&id, &doc_bytes, now.timestamp_millis())
