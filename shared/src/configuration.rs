@@ -189,6 +189,8 @@ impl RetryAfterSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub concurrency: usize,
+    /// Threads of the worker's async runtime (1: a single-threaded runtime).
+    pub runtime_threads: usize,
     pub metrics_host: String,
     pub metrics_port: u16,
     pub lease_seconds: u64,
@@ -267,6 +269,9 @@ impl Settings {
         }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency must be at least 1");
+        }
+        if self.worker.runtime_threads == 0 {
+            return bad("worker.runtime_threads must be at least 1");
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(['{', '}']) {
             return bad("redis.key_prefix must be non-empty and hold no braces");

@@ -23,6 +23,8 @@ struct Inner {
     interval: Duration,
     cancel: CancellationToken,
     state: Mutex<ProgressState>,
+    /// Where background progress writes run (the runtime the context was made on).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 struct ProgressState {
@@ -58,6 +60,7 @@ impl JobContext {
                 store,
                 interval,
                 cancel,
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 state: Mutex::new(ProgressState {
                     doc,
                     last_write: None,
@@ -78,29 +81,46 @@ impl JobContext {
     /// Reports progress (`percent` is clamped to 0..=100). Best effort: a failed write is
     /// logged, never fails the job.
     pub async fn progress(&self, percent: f64, message: impl Into<String>) {
+        if let Some(doc) = self.record_progress(percent, message.into()) {
+            self.write_progress(doc).await;
+        }
+    }
+
+    /// Reports progress from blocking code (a handler's `spawn_blocking` closure) without
+    /// waiting: the write, when one is due, runs on the worker's runtime in the background. A
+    /// write that arrives after the job finished is refused by the store (it only updates a
+    /// running job), so it never undoes the outcome.
+    pub fn progress_nowait(&self, percent: f64, message: impl Into<String>) {
+        let Some(doc) = self.record_progress(percent, message.into()) else {
+            return;
+        };
+        if let Some(runtime) = &self.inner.runtime {
+            let this = self.clone();
+            runtime.spawn(async move { this.write_progress(doc).await });
+        }
+    }
+
+    /// Keeps the latest progress; returns the document to write when a write is due.
+    fn record_progress(&self, percent: f64, message: String) -> Option<StatusDocument> {
         let percent = if percent.is_finite() {
             // Two decimals are plenty for a progress bar and keep the document short.
             (percent.clamp(0.0, 100.0) * 100.0).round() / 100.0
         } else {
             0.0
         };
-        let doc = {
-            let Ok(mut state) = self.inner.state.lock() else {
-                return;
-            };
-            state.doc.progress = Some(Progress {
-                percent,
-                message: message.into(),
-            });
-            let due = state
-                .last_write
-                .is_none_or(|t| t.elapsed() >= self.inner.interval);
-            if !due {
-                return;
-            }
-            state.last_write = Some(Instant::now());
-            state.doc.clone()
-        };
+        let mut state = self.inner.state.lock().ok()?;
+        state.doc.progress = Some(Progress { percent, message });
+        let due = state
+            .last_write
+            .is_none_or(|t| t.elapsed() >= self.inner.interval);
+        if !due || self.inner.store.is_none() {
+            return None;
+        }
+        state.last_write = Some(Instant::now());
+        Some(state.doc.clone())
+    }
+
+    async fn write_progress(&self, doc: StatusDocument) {
         if let Some(store) = &self.inner.store {
             if let Err(e) = store.transition(&doc, &[JobStatus::Running], None).await {
                 tracing::warn!(job_id = %self.inner.id, error = %e, "progress not recorded");

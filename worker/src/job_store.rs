@@ -2,6 +2,9 @@
 //! checks the job's current state before writing, so a transition is atomic and a late write
 //! (a slow worker, a redelivered message) never moves a job out of a terminal state.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
@@ -76,6 +79,7 @@ pub struct JobStore {
     retention_seconds: u64,
     tombstone_seconds: u64,
     worker_id: String,
+    run_times: Arc<RunTimes>,
 }
 
 impl JobStore {
@@ -96,6 +100,7 @@ impl JobStore {
             retention_seconds: jobs.retention_seconds,
             tombstone_seconds: jobs.retention_seconds + jobs.tombstone_seconds,
             worker_id,
+            run_times: Arc::default(),
         })
     }
 
@@ -270,14 +275,59 @@ impl JobStore {
         self.keys.cancel_requests()
     }
 
-    /// Folds the run time of a finished run (`finished_at - started_at` of `doc`) into its job
-    /// type's moving average in `{prefix}:stats`, which every facade reads to estimate
-    /// `Retry-After`. Runs in the background: it never delays the job's ack, and a failure
-    /// costs only a sample.
+    /// Counts the run time of a finished run (`finished_at - started_at` of `doc`) towards its
+    /// job type's moving average in `{prefix}:stats`, which every facade reads to estimate
+    /// `Retry-After`. Samples are gathered in memory and folded in once a second, one script
+    /// per job type (not one per job); it never delays the job's ack, and a failure costs only
+    /// a second's samples.
     pub fn record_run_time(&self, doc: &StatusDocument) {
-        /// Weight of the newest sample in the exponentially weighted moving average.
-        const ALPHA: f64 = 0.2;
-        /// KEYS: stats hash. ARGV: job type, sample (seconds), alpha.
+        let (Some(started), Some(finished)) = (doc.started_at, doc.finished_at) else {
+            return;
+        };
+        let seconds = (finished - started).num_milliseconds().max(0) as f64 / 1000.0;
+        if self.run_times.add(&doc.job_type, seconds) {
+            tokio::spawn(
+                self.run_times
+                    .clone()
+                    .flush_later(self.conn.clone(), self.keys.run_time_stats()),
+            );
+        }
+    }
+}
+
+/// Run-time samples not yet folded into `{prefix}:stats`, per job type: (sum of seconds, count).
+#[derive(Default)]
+struct RunTimes {
+    pending: Mutex<HashMap<String, (f64, u32)>>,
+    /// Whether a flush is scheduled (at most one at a time).
+    scheduled: AtomicBool,
+}
+
+impl RunTimes {
+    /// How long samples gather before they are written.
+    const FLUSH_EVERY: Duration = Duration::from_secs(1);
+    /// Weight of one sample in the exponentially weighted moving average.
+    const ALPHA: f64 = 0.2;
+
+    /// Adds a sample; true when the caller must schedule a flush.
+    fn add(&self, job_type: &str, seconds: f64) -> bool {
+        if let Ok(mut pending) = self.pending.lock() {
+            match pending.get_mut(job_type) {
+                Some((sum, count)) => {
+                    *sum += seconds;
+                    *count += 1;
+                }
+                None => {
+                    pending.insert(job_type.to_owned(), (seconds, 1));
+                }
+            }
+        }
+        !self.scheduled.swap(true, Ordering::AcqRel)
+    }
+
+    /// Waits a moment, then folds what gathered meanwhile into the moving averages.
+    async fn flush_later(self: Arc<Self>, mut conn: RedisConn, key: String) {
+        /// KEYS: stats hash. ARGV: job type, mean of the samples (seconds), their weight.
         const EWMA: &str = r#"
 local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]))
 local x = tonumber(ARGV[2])
@@ -287,26 +337,65 @@ redis.call('HSET', KEYS[1], ARGV[1], string.format('%.3f', new))
 return 1
 "#;
         static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(EWMA));
-        let (Some(started), Some(finished)) = (doc.started_at, doc.finished_at) else {
-            return;
+        tokio::time::sleep(Self::FLUSH_EVERY).await;
+        // Cleared before taking the samples: one added from now on schedules the next flush
+        // (or is taken by this one, leaving the next with nothing to do).
+        self.scheduled.store(false, Ordering::Release);
+        let batch = match self.pending.lock() {
+            Ok(mut pending) => std::mem::take(&mut *pending),
+            Err(_) => return,
         };
-        let seconds = (finished - started).num_milliseconds().max(0) as f64 / 1000.0;
-        let (mut conn, key, job_type) = (
-            self.conn.clone(),
-            self.keys.run_time_stats(),
-            doc.job_type.clone(),
-        );
-        tokio::spawn(async move {
+        for (job_type, (sum, count)) in batch {
             let result: Result<i64, redis::RedisError> = SCRIPT
-                .key(key)
+                .key(&key)
                 .arg(&job_type)
-                .arg(format!("{seconds:.3}"))
-                .arg(ALPHA)
+                .arg(format!("{:.3}", sum / f64::from(count)))
+                .arg(batch_weight(Self::ALPHA, count))
                 .invoke_async(&mut conn)
                 .await;
             if let Err(e) = result {
-                tracing::debug!(error = %e, %job_type, "could not record the run time");
+                tracing::debug!(error = %e, %job_type, "could not record run times");
             }
-        });
+        }
+    }
+}
+
+/// The weight of `count` samples folded in at once as their mean: what `count` single steps
+/// of weight `alpha` give the newest samples together, 1 - (1 - alpha)^count (exact when
+/// the samples are equal).
+fn batch_weight(alpha: f64, count: u32) -> f64 {
+    1.0 - (1.0 - alpha).powi(count.min(1000) as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_moves_the_average_as_its_single_steps_would() {
+        assert!((batch_weight(0.2, 1) - 0.2).abs() < 1e-12);
+        // Ten equal samples one at a time...
+        let (mut one_by_one, x) = (1.0_f64, 3.0_f64);
+        for _ in 0..10 {
+            one_by_one += 0.2 * (x - one_by_one);
+        }
+        // ...and at once as their mean.
+        let batched = 1.0 + batch_weight(0.2, 10) * (x - 1.0);
+        assert!((one_by_one - batched).abs() < 1e-12);
+        assert!(batch_weight(0.2, u32::MAX) <= 1.0);
+    }
+
+    #[test]
+    fn samples_gather_until_the_scheduled_flush() {
+        let run_times = RunTimes::default();
+        assert!(
+            run_times.add("echo", 0.5),
+            "the first sample schedules a flush"
+        );
+        assert!(!run_times.add("echo", 1.5));
+        assert!(!run_times.add("hash", 2.0));
+        let pending = run_times.pending.lock().unwrap();
+        assert_eq!(pending.get("echo"), Some(&(2.0, 2)));
+        assert_eq!(pending.get("hash"), Some(&(2.0, 1)));
     }
 }

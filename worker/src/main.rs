@@ -40,13 +40,35 @@ enum DeadLetterCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let settings = match Settings::load_or_exit_code(args.config.as_deref()) {
         Ok(settings) => settings,
         Err(code) => return code,
     };
+    // One thread runs the worker's async side by default: handing deliveries, Redis replies
+    // and acks between threads cost more CPU than the jobs' bookkeeping itself (BENCHMARKS.md:
+    // about a third less worker CPU per no-op job). CPU-heavy handlers run on the blocking
+    // pool either way; `worker.runtime_threads` > 1 is for handlers that compute in async code.
+    let runtime = match settings.worker.runtime_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(args, settings)),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, settings: Settings) -> ExitCode {
     match args.command.unwrap_or(Command::Run) {
         Command::Run => {
             // Only the worker logs; the tools print their result alone on stdout.
