@@ -135,8 +135,9 @@ impl Broker {
     }
 
     /// Publishes `payload` to the work queue with `priority` (0-9) and the job's
-    /// `traceparent`, and waits for the broker's confirm (on the I/O runtime, where the
-    /// connection lives; see `io.rs`).
+    /// `traceparent`, and waits for the broker's confirm. While connected it publishes from
+    /// the calling thread (the channel's own tasks run on the I/O runtime, where it was made,
+    /// whoever publishes); connecting and reconnecting happen on the I/O runtime (see `io.rs`).
     pub async fn publish(
         &self,
         message_id: &str,
@@ -144,40 +145,55 @@ impl Broker {
         priority: u8,
         traceparent: &str,
     ) -> Result<(), BrokerError> {
-        let (broker, message_id, payload) = (self.clone(), message_id.to_owned(), payload.to_vec());
-        let traceparent = traceparent.to_owned();
         let span = tracing::info_span!(
             "amqp publish",
             otel.kind = "producer",
             messaging.system = "rabbitmq",
             messaging.destination.name = %self.settings.queue
         );
-        self.io
-            .run(
-                async move {
+        async {
+            if let Some(channel) = self.ready_channel().await {
+                return self
+                    .publish_on(&channel, message_id, payload, priority, traceparent)
+                    .await;
+            }
+            let (broker, message_id, payload) =
+                (self.clone(), message_id.to_owned(), payload.to_vec());
+            let traceparent = traceparent.to_owned();
+            self.io
+                .run(async move {
+                    let channel = broker.channel().await?;
                     broker
-                        .publish_here(&message_id, &payload, priority, &traceparent)
+                        .publish_on(&channel, &message_id, &payload, priority, &traceparent)
                         .await
-                }
-                .instrument(span),
-            )
-            .await?
+                })
+                .await?
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn publish_here(
+    /// The channel, if it is connected and ready for publishing as it is.
+    async fn ready_channel(&self) -> Option<Channel> {
+        let slot = self.slot.lock().await;
+        let link = slot.link.as_ref()?;
+        (link.channel.status().connected() && !slot.redeclare).then(|| link.channel.clone())
+    }
+
+    async fn publish_on(
         &self,
+        channel: &Channel,
         message_id: &str,
         payload: &[u8],
         priority: u8,
         traceparent: &str,
     ) -> Result<(), BrokerError> {
-        let channel = self.channel().await?;
         let timeout = Duration::from_millis(self.settings.publish_timeout_ms);
         let outgoing = Outgoing::new(message_id, payload)
             .priority(priority)
             .traceparent(Some(traceparent));
         let started = std::time::Instant::now();
-        let result = publish_confirmed(&channel, &self.settings.queue, outgoing, timeout).await;
+        let result = publish_confirmed(channel, &self.settings.queue, outgoing, timeout).await;
         crate::metrics::PUBLISH_CONFIRM.observe(started.elapsed().as_secs_f64());
         match &result {
             // Unroutable: most likely the queue was deleted. Declare it again before the

@@ -45,52 +45,50 @@ impl StatusStore {
     /// Cancels job `id` (see the module comment), given the tombstone lifetime.
     pub async fn cancel(&self, id: &JobId, tombstone_seconds: u64) -> Result<Canceled, StoreError> {
         let id = *id;
-        let store = self.clone();
-        self.io
-            .run(async move {
-                // Optimistic: read, build the canceled document, write it only if unchanged.
-                for _ in 0..5 {
-                    let mut conn = store.conn.clone();
-                    let current: Option<Vec<u8>> = redis::cmd("HGET")
-                        .arg(store.keys.job(&id))
-                        .arg(field::DOC)
-                        .query_async(&mut conn)
-                        .await?;
-                    let Some(current) = current else {
-                        return Ok(Canceled::Missing);
-                    };
-                    let Ok(mut doc) = serde_json::from_slice::<StatusDocument>(&current) else {
-                        return Ok(Canceled::Missing);
-                    };
-                    if doc.status.is_terminal() {
-                        return Ok(Canceled::AlreadyFinished(current, doc.status));
-                    }
-                    doc.status = JobStatus::Canceled;
-                    doc.finished_at = Some(chrono::Utc::now());
-                    doc.next_attempt_at = None;
-                    let canceled = serde_json::to_vec(&doc).unwrap_or_default();
-                    let outcome: String = Script::new(CANCEL)
-                        .key(store.keys.job(&id))
-                        .key(store.keys.tombstone(&id))
-                        .arg(&current)
-                        .arg(&canceled)
-                        .arg(store.retention_seconds)
-                        .arg(store.retention_seconds + tombstone_seconds)
-                        .arg(store.keys.events(&id))
-                        .arg(store.keys.cancel_requests())
-                        .arg(id.to_string())
-                        .invoke_async(&mut conn)
-                        .await?;
-                    match outcome.as_str() {
-                        "canceled" => return Ok(Canceled::Now(canceled)),
-                        "requested" => return Ok(Canceled::Requested(current)),
-                        "changed" => continue,
-                        "missing" => return Ok(Canceled::Missing),
-                        _ => continue, // finished meanwhile: the next read says how
-                    }
+        self.with_conn(|store| async move {
+            // Optimistic: read, build the canceled document, write it only if unchanged.
+            for _ in 0..5 {
+                let mut conn = store.conn.clone();
+                let current: Option<Vec<u8>> = redis::cmd("HGET")
+                    .arg(store.keys.job(&id))
+                    .arg(field::DOC)
+                    .query_async(&mut conn)
+                    .await?;
+                let Some(current) = current else {
+                    return Ok(Canceled::Missing);
+                };
+                let Ok(mut doc) = serde_json::from_slice::<StatusDocument>(&current) else {
+                    return Ok(Canceled::Missing);
+                };
+                if doc.status.is_terminal() {
+                    return Ok(Canceled::AlreadyFinished(current, doc.status));
                 }
-                Ok(Canceled::Missing)
-            })
-            .await?
+                doc.status = JobStatus::Canceled;
+                doc.finished_at = Some(chrono::Utc::now());
+                doc.next_attempt_at = None;
+                let canceled = serde_json::to_vec(&doc).unwrap_or_default();
+                let outcome: String = Script::new(CANCEL)
+                    .key(store.keys.job(&id))
+                    .key(store.keys.tombstone(&id))
+                    .arg(&current)
+                    .arg(&canceled)
+                    .arg(store.retention_seconds)
+                    .arg(store.retention_seconds + tombstone_seconds)
+                    .arg(store.keys.events(&id))
+                    .arg(store.keys.cancel_requests())
+                    .arg(id.to_string())
+                    .invoke_async(&mut conn)
+                    .await?;
+                match outcome.as_str() {
+                    "canceled" => return Ok(Canceled::Now(canceled)),
+                    "requested" => return Ok(Canceled::Requested(current)),
+                    "changed" => continue,
+                    "missing" => return Ok(Canceled::Missing),
+                    _ => continue, // finished meanwhile: the next read says how
+                }
+            }
+            Ok(Canceled::Missing)
+        })
+        .await
     }
 }

@@ -1,7 +1,17 @@
 //! The facade's side of the job store in Redis: create a queued job, take it back if the
 //! publish fails, and read status documents and results. Writes after `queued` belong to the
-//! workers. One multiplexed connection serves every request (it pipelines concurrent commands).
+//! workers.
+//!
+//! Each thread that serves requests has its own multiplexed connection (it pipelines the
+//! concurrent commands of that thread's requests). One connection shared by all HTTP workers
+//! would live on one thread: every command of every other worker would cross threads twice,
+//! and those hand-offs cost the facade more CPU than the commands themselves (BENCHMARKS.md).
+//! A connection's tasks run on the runtime of the thread that made it, and an HTTP worker's
+//! runtime ends with the worker, after that worker's last request: so each connection lives
+//! exactly as long as its users.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,10 +47,43 @@ pub enum Lookup<T> {
 
 #[derive(Clone)]
 pub struct StatusStore {
+    /// The calling thread's connection (set by [`StatusStore::with_conn`] for the operation it
+    /// runs; the one made at start otherwise).
     pub(crate) conn: RedisConn,
+    /// How to open another connection to the same Redis, and which one this is.
+    target: Arc<ConnTarget>,
     pub(crate) keys: Arc<KeyLayout>,
     pub(crate) retention_seconds: u64,
     pub(crate) io: Io,
+}
+
+struct ConnTarget {
+    /// Tells the connections of different stores (several facades in one test process) apart.
+    id: usize,
+    redis: RedisSettings,
+    retries: Retries,
+}
+
+static NEXT_TARGET: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's connections, by [`ConnTarget::id`].
+    static THREAD_CONNS: RefCell<Vec<(usize, RedisConn)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl ConnTarget {
+    /// This thread's connection to the target, opened (lazily) on first use. Must run inside
+    /// the thread's runtime: the connection's tasks are spawned there.
+    fn for_this_thread(&self) -> Result<RedisConn, StoreError> {
+        THREAD_CONNS.with(|conns| {
+            if let Some((_, conn)) = conns.borrow().iter().find(|(id, _)| *id == self.id) {
+                return Ok(conn.clone());
+            }
+            let conn = RedisConn::open(&self.redis, self.retries)?;
+            conns.borrow_mut().push((self.id, conn.clone()));
+            Ok(conn)
+        })
+    }
 }
 
 impl StatusStore {
@@ -56,6 +99,11 @@ impl StatusStore {
         let conn = RedisConn::open(redis, retries)?;
         Ok(StatusStore {
             conn,
+            target: Arc::new(ConnTarget {
+                id: NEXT_TARGET.fetch_add(1, Ordering::Relaxed),
+                redis: redis.clone(),
+                retries,
+            }),
             keys: Arc::new(KeyLayout::new(redis.key_prefix.clone())),
             retention_seconds: jobs.retention_seconds,
             io,
@@ -80,20 +128,23 @@ impl StatusStore {
         &self.keys
     }
 
-    /// Runs a Redis operation on the I/O runtime (see `io.rs`).
-    async fn on_io<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    /// Runs a Redis operation with this thread's connection.
+    pub(crate) async fn with_conn<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(StatusStore) -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
-        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
-        let work = op(self.clone());
+        let store = StatusStore {
+            conn: self.target.for_this_thread()?,
+            ..self.clone()
+        };
+        let work = op(store);
         // Inside a traced request (a submit), the operation is a span of its own; status polls
         // have no span and make none.
         let parent = tracing::Span::current();
         if parent.is_none() {
-            return self.io.run(work).await?;
+            return work.await;
         }
         let span = tracing::info_span!(
             parent: &parent,
@@ -101,7 +152,7 @@ impl StatusStore {
             otel.kind = "client",
             db.system.name = "redis"
         );
-        self.io.run(work.instrument(span)).await?
+        work.instrument(span).await
     }
 
     /// Records a new job as queued (document and state in one hash, expiring after retention)
@@ -113,7 +164,7 @@ impl StatusStore {
         created_ms: i64,
     ) -> Result<(), StoreError> {
         let (id, doc_json) = (*id, doc_json.to_vec());
-        self.on_io(move |store| async move {
+        self.with_conn(move |store| async move {
             let key = store.keys.job(&id);
             let mut conn = store.conn.clone();
             let mut pipe = redis::pipe();
@@ -147,7 +198,7 @@ impl StatusStore {
     /// Takes back a job whose publish failed, so no half-made job is left behind.
     pub async fn remove(&self, id: &JobId) -> Result<(), StoreError> {
         let id = *id;
-        self.on_io(|store| async move {
+        self.with_conn(|store| async move {
             let mut conn = store.conn.clone();
             let mut pipe = redis::pipe();
             pipe.del(store.keys.job(&id)).ignore();
@@ -161,7 +212,7 @@ impl StatusStore {
     /// The status document as stored (JSON bytes).
     pub async fn document(&self, id: &JobId) -> Result<Lookup<Vec<u8>>, StoreError> {
         let id = *id;
-        self.on_io(|store| async move {
+        self.with_conn(|store| async move {
             let mut conn = store.conn.clone();
             let doc: Option<Vec<u8>> = conn.hget(store.keys.job(&id), field::DOC).await?;
             match doc {
@@ -178,7 +229,7 @@ impl StatusStore {
         id: &JobId,
     ) -> Result<Lookup<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
         let id = *id;
-        self.on_io(|store| async move {
+        self.with_conn(|store| async move {
             let mut conn = store.conn.clone();
             let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
                 .arg(store.keys.job(&id))
@@ -201,7 +252,7 @@ impl StatusStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.on_io(|store| async move {
+        self.with_conn(|store| async move {
             let mut conn = store.conn.clone();
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())

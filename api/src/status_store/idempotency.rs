@@ -37,7 +37,7 @@ impl StatusStore {
         value: String,
         ttl_ms: u64,
     ) -> Result<Option<String>, StoreError> {
-        self.on_io(move |store| async move {
+        self.with_conn(move |store| async move {
             let mut conn = store.conn.clone();
             let held: Option<String> = Script::new(CLAIM)
                 .key(store.keys.idempotency(&key_sha256))
@@ -58,7 +58,7 @@ impl StatusStore {
         expected: String,
         value: String,
     ) -> Result<bool, StoreError> {
-        self.on_io(move |store| async move {
+        self.with_conn(move |store| async move {
             let mut conn = store.conn.clone();
             let done: i64 = Script::new(REPLACE)
                 .key(store.keys.idempotency(&key_sha256))
@@ -78,7 +78,7 @@ impl StatusStore {
         key_sha256: [u8; 32],
         expected: String,
     ) -> Result<(), StoreError> {
-        self.on_io(move |store| async move {
+        self.with_conn(move |store| async move {
             let mut conn = store.conn.clone();
             Script::new(RELEASE)
                 .key(store.keys.idempotency(&key_sha256))

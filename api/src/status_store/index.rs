@@ -101,7 +101,7 @@ impl StatusStore {
         limit: usize,
         filter: ListFilter,
     ) -> Result<ListPage, StoreError> {
-        self.on_io(move |store| async move {
+        self.with_conn(move |store| async move {
             store.list_here(after_position, limit.max(1), filter).await
         })
         .await
@@ -223,7 +223,7 @@ impl StatusStore {
     /// Counts the states of the newest `bound` jobs of the index (one `ZREVRANGE` and one
     /// pipeline of `HGET state`): an operator's view, cheap enough to ask every few seconds.
     pub async fn count_states(&self, bound: usize) -> Result<StateCounts, StoreError> {
-        self.on_io(move |store| async move {
+        self.with_conn(move |store| async move {
             let index = store.keys.jobs_index();
             let mut conn = store.conn.clone();
             let (indexed, members): (u64, Vec<String>) = redis::pipe()
