@@ -427,6 +427,18 @@ fn goals(r: &mut Report) {
         let detail = medians(r, scenario, &["facade", "bare actix handler"], "req/s");
         r.goal(goal, measured, Some(target), true, detail);
     }
+    // Not a goal: every 202 waits for a publisher confirm, so no submit rate can pass what the
+    // broker confirms (the raw broker loop, 256 confirms in flight). Medians of two scenarios.
+    let post = r.median_of("3. submit: POST req/s (closed loop)", "facade");
+    let bare = r.median_of("3. submit: POST req/s (closed loop)", "bare actix handler");
+    let ceiling = r.median_of(&classic, "raw broker loop, 256 confirms in flight");
+    if let (Some(post), Some(bare), Some(ceiling)) = (post, bare, ceiling) {
+        r.notes.push(format!(
+            "submit against the broker's confirm ceiling (raw broker loop, 256 confirms in flight, classic queue, {ceiling:.0} msg/s): POST {:.3}; that ceiling is {:.3} × the bare handler, the most any confirmed submit can reach",
+            post / ceiling,
+            ceiling / bare
+        ));
+    }
     let open = r
         .figures
         .iter()
