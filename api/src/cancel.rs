@@ -45,10 +45,9 @@ impl StatusStore {
     /// Cancels job `id` (see the module comment), given the tombstone lifetime.
     pub async fn cancel(&self, id: &JobId, tombstone_seconds: u64) -> Result<Canceled, StoreError> {
         let id = *id;
-        self.with_conn(|store| async move {
+        self.with_conn(|store, mut conn| async move {
             // Optimistic: read, build the canceled document, write it only if unchanged.
             for _ in 0..5 {
-                let mut conn = store.conn.clone();
                 let current: Option<Vec<u8>> = redis::cmd("HGET")
                     .arg(store.keys.job(&id))
                     .arg(field::DOC)

@@ -47,10 +47,8 @@ pub enum Lookup<T> {
 
 #[derive(Clone)]
 pub struct StatusStore {
-    /// The calling thread's connection (set by [`StatusStore::with_conn`] for the operation it
-    /// runs; the one made at start otherwise).
-    pub(crate) conn: RedisConn,
-    /// How to open another connection to the same Redis, and which one this is.
+    /// Where to connect; every operation runs with its thread's connection
+    /// ([`StatusStore::with_conn`]).
     target: Arc<ConnTarget>,
     pub(crate) keys: Arc<KeyLayout>,
     pub(crate) retention_seconds: u64,
@@ -96,14 +94,15 @@ impl StatusStore {
             count: 1,
             max_delay: Duration::from_millis(500),
         };
-        let conn = RedisConn::open(redis, retries)?;
+        let target = Arc::new(ConnTarget {
+            id: NEXT_TARGET.fetch_add(1, Ordering::Relaxed),
+            redis: redis.clone(),
+            retries,
+        });
+        // The starting thread's connection: a configuration it cannot open fails here.
+        target.for_this_thread()?;
         Ok(StatusStore {
-            conn,
-            target: Arc::new(ConnTarget {
-                id: NEXT_TARGET.fetch_add(1, Ordering::Relaxed),
-                redis: redis.clone(),
-                retries,
-            }),
+            target,
             keys: Arc::new(KeyLayout::new(redis.key_prefix.clone())),
             retention_seconds: jobs.retention_seconds,
             io,
@@ -131,15 +130,11 @@ impl StatusStore {
     /// Runs a Redis operation with this thread's connection.
     pub(crate) async fn with_conn<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(StatusStore) -> Fut,
+        F: FnOnce(StatusStore, RedisConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
-        let store = StatusStore {
-            conn: self.target.for_this_thread()?,
-            ..self.clone()
-        };
-        let work = op(store);
+        let work = op(self.clone(), self.target.for_this_thread()?);
         // Inside a traced request (a submit), the operation is a span of its own; status polls
         // have no span and make none.
         let parent = tracing::Span::current();
@@ -164,9 +159,8 @@ impl StatusStore {
         created_ms: i64,
     ) -> Result<(), StoreError> {
         let (id, doc_json) = (*id, doc_json.to_vec());
-        self.with_conn(move |store| async move {
+        self.with_conn(move |store, mut conn| async move {
             let key = store.keys.job(&id);
-            let mut conn = store.conn.clone();
             let mut pipe = redis::pipe();
             // On a Redis Cluster the job and the index live in different slots, so they are
             // two writes there, not one transaction: a facade dying in between leaves a job
@@ -198,8 +192,7 @@ impl StatusStore {
     /// Takes back a job whose publish failed, so no half-made job is left behind.
     pub async fn remove(&self, id: &JobId) -> Result<(), StoreError> {
         let id = *id;
-        self.with_conn(|store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(|store, mut conn| async move {
             let mut pipe = redis::pipe();
             pipe.del(store.keys.job(&id)).ignore();
             index::remove(&mut pipe, &store.keys, &id);
@@ -212,12 +205,11 @@ impl StatusStore {
     /// The status document as stored (JSON bytes).
     pub async fn document(&self, id: &JobId) -> Result<Lookup<Vec<u8>>, StoreError> {
         let id = *id;
-        self.with_conn(|store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(|store, mut conn| async move {
             let doc: Option<Vec<u8>> = conn.hget(store.keys.job(&id), field::DOC).await?;
             match doc {
                 Some(doc) => Ok(Lookup::Found(doc)),
-                None => store.missing(&id).await,
+                None => store.missing(&mut conn, &id).await,
             }
         })
         .await
@@ -229,8 +221,7 @@ impl StatusStore {
         id: &JobId,
     ) -> Result<Lookup<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
         let id = *id;
-        self.with_conn(|store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(|store, mut conn| async move {
             let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
                 .arg(store.keys.job(&id))
                 .arg(field::DOC)
@@ -239,21 +230,19 @@ impl StatusStore {
                 .await?;
             match doc {
                 Some(doc) => Ok(Lookup::Found((doc, result))),
-                None => store.missing(&id).await,
+                None => store.missing(&mut conn, &id).await,
             }
         })
         .await
     }
 
-    async fn missing<T>(&self, id: &JobId) -> Result<Lookup<T>, StoreError> {
-        let mut conn = self.conn.clone();
+    async fn missing<T>(&self, conn: &mut RedisConn, id: &JobId) -> Result<Lookup<T>, StoreError> {
         let gone: bool = conn.exists(self.keys.tombstone(id)).await?;
         Ok(if gone { Lookup::Gone } else { Lookup::NotFound })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.with_conn(|store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(|_, mut conn| async move {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
             Ok(())
         })

@@ -37,8 +37,7 @@ impl StatusStore {
         value: String,
         ttl_ms: u64,
     ) -> Result<Option<String>, StoreError> {
-        self.with_conn(move |store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(move |store, mut conn| async move {
             let held: Option<String> = Script::new(CLAIM)
                 .key(store.keys.idempotency(&key_sha256))
                 .arg(value)
@@ -58,8 +57,7 @@ impl StatusStore {
         expected: String,
         value: String,
     ) -> Result<bool, StoreError> {
-        self.with_conn(move |store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(move |store, mut conn| async move {
             let done: i64 = Script::new(REPLACE)
                 .key(store.keys.idempotency(&key_sha256))
                 .arg(expected)
@@ -78,8 +76,7 @@ impl StatusStore {
         key_sha256: [u8; 32],
         expected: String,
     ) -> Result<(), StoreError> {
-        self.with_conn(move |store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(move |store, mut conn| async move {
             Script::new(RELEASE)
                 .key(store.keys.idempotency(&key_sha256))
                 .arg(expected)

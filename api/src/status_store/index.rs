@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use redis::Pipeline;
 use serde_json::Value;
 use shared::keys::field;
+use shared::redis_conn::RedisConn;
 use shared::{JobId, JobStatus, KeyLayout};
 
 use super::{StatusStore, StoreError};
@@ -101,20 +102,22 @@ impl StatusStore {
         limit: usize,
         filter: ListFilter,
     ) -> Result<ListPage, StoreError> {
-        self.with_conn(move |store| async move {
-            store.list_here(after_position, limit.max(1), filter).await
+        self.with_conn(move |store, conn| async move {
+            store
+                .list_here(conn, after_position, limit.max(1), filter)
+                .await
         })
         .await
     }
 
     async fn list_here(
         &self,
+        mut conn: RedisConn,
         after_position: Option<Position>,
         limit: usize,
         filter: ListFilter,
     ) -> Result<ListPage, StoreError> {
         let index = self.keys.jobs_index();
-        let mut conn = self.conn.clone();
         // One entry more than a page without filters, to know whether another page follows.
         let batch = if filter.is_empty() {
             limit + 1
@@ -223,9 +226,8 @@ impl StatusStore {
     /// Counts the states of the newest `bound` jobs of the index (one `ZREVRANGE` and one
     /// pipeline of `HGET state`): an operator's view, cheap enough to ask every few seconds.
     pub async fn count_states(&self, bound: usize) -> Result<StateCounts, StoreError> {
-        self.with_conn(move |store| async move {
+        self.with_conn(move |store, mut conn| async move {
             let index = store.keys.jobs_index();
-            let mut conn = store.conn.clone();
             let (indexed, members): (u64, Vec<String>) = redis::pipe()
                 .zcard(&index)
                 .zrevrange(&index, 0, bound.max(1) as isize - 1)

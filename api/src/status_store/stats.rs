@@ -9,8 +9,7 @@ use super::{StatusStore, StoreError};
 impl StatusStore {
     /// Average run time in seconds per job type (types without history are absent).
     pub async fn run_time_averages(&self) -> Result<HashMap<String, f64>, StoreError> {
-        self.with_conn(|store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(|store, mut conn| async move {
             let raw: HashMap<String, String> = conn.hgetall(store.keys.run_time_stats()).await?;
             Ok(raw
                 .into_iter()

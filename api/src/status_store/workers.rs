@@ -29,8 +29,7 @@ impl StatusStore {
     /// The live workers, sorted by id. Members whose heartbeat is stale (more than three of
     /// their heartbeat intervals old) or whose record expired are pruned from the registry.
     pub async fn live_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
-        self.with_conn(|store| async move {
-            let mut conn = store.conn.clone();
+        self.with_conn(|store, mut conn| async move {
             let registry = store.keys.workers();
             let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
                 .arg(&registry)

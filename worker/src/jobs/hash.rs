@@ -3,9 +3,6 @@
 //! can recompute a result. The work runs on the blocking pool, reporting progress every chunk,
 //! so it never stalls the worker's other jobs.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use shared::job_types::HashInput;
@@ -60,10 +57,10 @@ pub async fn run(input: HashInput, ctx: JobContext) -> Result<HashOutput, JobFai
     // a cancel is noticed between pieces.
     let total = input.bytes;
     let progress = ctx.clone();
-    // Set when this future is dropped (the job timed out or was canceled): the blocking loop
-    // stops at its next piece instead of hashing on for nobody.
-    let abandoned = Arc::new(AtomicBool::new(false));
-    let _stop = StopOnDrop(abandoned.clone());
+    // Canceled with the job, or when this future is dropped (the job timed out or was
+    // canceled): the blocking loop stops at its next piece instead of hashing on for nobody.
+    let stop = ctx.cancel_token().child_token();
+    let _stop_on_drop = stop.clone().drop_guard();
     let digest = tokio::task::spawn_blocking(move || {
         let mut hasher = Sha256::new();
         let mut generator = SplitMix64::new(input.seed);
@@ -76,7 +73,7 @@ pub async fn run(input: HashInput, ctx: JobContext) -> Result<HashOutput, JobFai
             generator.fill(piece);
             hasher.update(&*piece);
             done += piece.len() as u64;
-            if abandoned.load(Ordering::Relaxed) || progress.is_cancelled() {
+            if stop.is_cancelled() {
                 return None;
             }
             if done.is_multiple_of(CHUNK) || done == total {
@@ -100,15 +97,6 @@ pub async fn run(input: HashInput, ctx: JobContext) -> Result<HashOutput, JobFai
         bytes: input.bytes,
         seed: input.seed,
     })
-}
-
-/// Raises its flag when dropped.
-struct StopOnDrop(Arc<AtomicBool>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 #[cfg(test)]
