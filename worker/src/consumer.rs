@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::acks::Acks;
 use crate::process::{now_ms, Processor};
 
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
@@ -98,6 +99,7 @@ impl Consumer {
             .await?;
         tracing::info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, concurrency = self.worker.concurrency, "consuming");
 
+        let acks = Acks::new(channel.clone());
         let slots = Arc::new(Semaphore::new(self.worker.concurrency));
         let mut running = JoinSet::new();
         let ended = loop {
@@ -117,10 +119,11 @@ impl Consumer {
             match delivery {
                 Some(Ok(delivery)) => {
                     let processor = self.processor.clone();
-                    let publisher = publisher.clone();
+                    let (publisher, acks) = (publisher.clone(), acks.clone());
                     let received = Instant::now().into_std();
+                    acks.received(delivery.delivery_tag);
                     running.spawn(async move {
-                        processor.handle(delivery, publisher, received).await;
+                        processor.handle(delivery, publisher, acks, received).await;
                         drop(permit);
                     });
                 }
@@ -161,6 +164,10 @@ impl Consumer {
                 // Unacknowledged deliveries return when the channel closes; leased jobs were
                 // acknowledged already, so they are published again.
                 self.processor.requeue_leased(&publisher).await;
+            }
+            // The acks of the last jobs to finish may still wait for their batch.
+            if let Err(e) = acks.flush().await {
+                tracing::warn!(error = %e, "could not acknowledge the last deliveries");
             }
         } else {
             // The connection is gone: running jobs cannot ack any more, but they still store

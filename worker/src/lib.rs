@@ -2,6 +2,7 @@
 //! job's handler, and writes running, progress, and the outcome to Redis before acknowledging.
 //! Run as many worker processes as you like against the same queue.
 
+pub mod acks;
 pub mod cancel;
 pub mod consumer;
 pub mod context;

@@ -21,10 +21,9 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::FutureExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::Channel;
 use shared::configuration::{AmqpSettings, JobSettings, Limits};
-use shared::job_types;
+use shared::job_types::{self, JobTypeSpec};
 use shared::message::MESSAGE_VERSION;
 use shared::publish::{publish_confirmed, traceparent_of, Outgoing};
 use shared::topology;
@@ -34,9 +33,11 @@ use shared::{
 };
 use tracing::Instrument;
 
+use crate::acks::Acks;
 use crate::cancel::Cancels;
+use crate::cancel::Registration;
 use crate::context::JobContext;
-use crate::job_store::{JobStore, StoreError, Transition};
+use crate::job_store::{FreshStart, JobStore, StoreError, Transition};
 use crate::jobs::{JobFailure, Registry};
 use crate::metrics;
 
@@ -112,25 +113,29 @@ impl Processor {
     }
 
     /// Handles one delivery; `publisher` is a confirm-mode channel for retries and dead letters,
-    /// `received` when the delivery arrived (its consumer-timeout clock started about then).
-    pub async fn handle(&self, delivery: Delivery, publisher: Channel, received: Instant) {
-        let settle = self.process(&delivery, &publisher, received).await;
+    /// `acks` settles deliveries on the consume channel, `received` when the delivery arrived
+    /// (its consumer-timeout clock started about then).
+    pub async fn handle(
+        &self,
+        delivery: Delivery,
+        publisher: Channel,
+        acks: Acks,
+        received: Instant,
+    ) {
+        let settle = self.process(&delivery, &publisher, &acks, received).await;
+        let tag = delivery.delivery_tag;
         let result = match settle {
             Settle::Done => return,
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
+            // Sent with the next batch of acks (see `acks`).
+            Settle::Ack => return acks.ack(tag),
             Settle::Requeue => {
                 // Not at once: what failed (Redis, most likely) needs a moment, and an
                 // immediate redelivery would spin.
                 tokio::time::sleep(REQUEUE_DELAY).await;
-                delivery
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await
+                acks.requeue(tag).await
             }
             // The work queue dead-letters rejected messages into `<queue>.dead`.
-            Settle::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await,
+            Settle::DeadLetter => acks.reject(tag).await,
         };
         if let Err(e) = result {
             // The channel is gone: the broker redelivers the message, and a job that already
@@ -139,7 +144,13 @@ impl Processor {
         }
     }
 
-    async fn process(&self, delivery: &Delivery, publisher: &Channel, received: Instant) -> Settle {
+    async fn process(
+        &self,
+        delivery: &Delivery,
+        publisher: &Channel,
+        acks: &Acks,
+        received: Instant,
+    ) -> Settle {
         let message: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
             Err(e) => return self.undecodable(&delivery.data, &e.to_string()).await,
@@ -165,7 +176,7 @@ impl Processor {
         );
         let trace = shared::telemetry::continue_trace(&span, parent);
         span.record("trace_id", trace.trace_id());
-        this.run_job(message, delivery, publisher, received)
+        this.run_job(message, delivery, publisher, acks, received)
             .instrument(span)
             .await
     }
@@ -175,84 +186,15 @@ impl Processor {
         message: JobMessage,
         delivery: &Delivery,
         publisher: &Channel,
+        acks: &Acks,
         received: Instant,
     ) -> Settle {
         let id = message.id;
-        let doc = match self.store.load(&id).await {
-            Ok(Some(doc)) => doc,
-            Ok(None) => {
-                // Expired, or taken back by the facade after a failed publish.
-                tracing::warn!("no record for this job; dropping its message");
-                return Settle::Ack;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the job; requeueing");
-                return Settle::Requeue;
-            }
-        };
-        if doc.status.is_terminal() {
-            tracing::info!(status = %doc.status, "job already finished; skipping redelivery");
-            // A job canceled while queued, or a callback whose worker died: send it now.
-            self.webhooks.job_finished(&doc);
-            return Settle::Ack;
-        }
-
-        let (spec, registered) = match job_types::spec(&message.job_type) {
-            Some(spec) => (Some(spec), self.registry.contains(spec.name)),
-            None => (None, false),
-        };
-        let Some(spec) = spec.filter(|_| registered) else {
-            let failure = JobFailure {
-                kind: JobErrorKind::Undeliverable,
-                message: format!("no handler for job type '{}'", message.job_type),
-                retryable: false,
-            };
-            return self.give_up(doc, failure).await;
+        let (spec, running, cancel) = match self.begin(&message).await {
+            Ok(started) => started,
+            Err(settle) => return settle,
         };
         let limits = self.jobs.limits_for(spec);
-        // Found `running`: the last start ended without an outcome (its worker died). Only
-        // those count towards giving up here; failed attempts were counted when they failed.
-        if doc.status == JobStatus::Running && doc.attempts >= limits.max_attempts {
-            // Every earlier start ended without an outcome: the job keeps killing its workers.
-            let failure = JobFailure {
-                kind: JobErrorKind::Crashed,
-                message: format!(
-                    "gave up after {} attempts: each one ended without an outcome (the worker stopped)",
-                    doc.attempts
-                ),
-                retryable: false,
-            };
-            return self.give_up(doc, failure).await;
-        }
-
-        let mut running = doc;
-        running.status = JobStatus::Running;
-        running.attempts += 1;
-        running.started_at = Some(Utc::now());
-        running.next_attempt_at = None;
-        running.progress = Some(Progress {
-            percent: 0.0,
-            message: String::new(),
-        });
-        // Registered before the start is recorded: a cancel request published from then on
-        // reaches this token; one made earlier is reported by the start itself.
-        let cancel = self.cancels.register(id);
-        match self
-            .store
-            .start(&running, &[JobStatus::Queued, JobStatus::Running])
-            .await
-        {
-            Ok(Transition::Done) => {}
-            Ok(Transition::DoneCancelRequested) => cancel.cancel(),
-            Ok(Transition::Refused(state)) => {
-                tracing::info!(%state, "job is no longer runnable; skipping");
-                return Settle::Ack;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot mark the job running; requeueing");
-                return Settle::Requeue;
-            }
-        }
 
         // Could this delivery stay unacknowledged past the broker's consumer timeout? Then
         // take a lease and acknowledge now, or the broker would close the channel and hand the
@@ -268,10 +210,9 @@ impl Processor {
             if let Ok(mut leased) = self.leased.lock() {
                 leased.insert(id, (self.store.tenant().clone(), delivery.data.clone()));
             }
-            if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                // The broker will redeliver it; the lease stays until this run ends.
-                tracing::warn!(error = %e, "early ack failed");
-            }
+            // A failed ack is logged by the flush; the broker then redelivers the message
+            // and the lease stays until this run ends.
+            acks.ack(delivery.delivery_tag);
         }
         tracing::info!(attempt = running.attempts, leased, "job started");
         metrics::STARTED.with_label_values(&[spec.name]).inc();
@@ -328,6 +269,115 @@ impl Processor {
             return Settle::Done;
         }
         settle
+    }
+
+    /// Records the start of the job (`running`), registering it for cancel requests first;
+    /// or says how to settle its delivery when it is not to run.
+    async fn begin(
+        &self,
+        message: &JobMessage,
+    ) -> Result<(&'static JobTypeSpec, StatusDocument, Registration), Settle> {
+        let id = message.id;
+        let spec = job_types::spec(&message.job_type).filter(|s| self.registry.contains(s.name));
+        // The common case first: the job is still exactly as the facade recorded it (its
+        // document is rebuilt from the message), so one script checks that and starts it. Any
+        // other state (a redelivery, a retry, a cancel, a facade of another version writing
+        // another document) falls through to the general path with the stored document.
+        let mut stored = None;
+        if let Some(spec) = spec {
+            let queued = StatusDocument::queued(id, &message.job_type, message.created_at)
+                .with_callback(message.callback_url.as_deref());
+            if let Ok(queued_bytes) = serde_json::to_vec(&queued) {
+                let running = started(queued);
+                let cancel = self.cancels.register(id);
+                match self.store.start_fresh(&queued_bytes, &running).await {
+                    Ok(FreshStart::Started { cancel_requested }) => {
+                        if cancel_requested {
+                            cancel.cancel();
+                        }
+                        return Ok((spec, running, cancel));
+                    }
+                    Ok(FreshStart::Missing) => {
+                        // Expired, or taken back by the facade after a failed publish.
+                        tracing::warn!("no record for this job; dropping its message");
+                        return Err(Settle::Ack);
+                    }
+                    Ok(FreshStart::Other(doc)) => stored = doc,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot mark the job running; requeueing");
+                        return Err(Settle::Requeue);
+                    }
+                }
+            }
+        }
+
+        let doc = match stored {
+            Some(doc) => *doc,
+            None => match self.store.load(&id).await {
+                Ok(Some(doc)) => doc,
+                Ok(None) => {
+                    tracing::warn!("no record for this job; dropping its message");
+                    return Err(Settle::Ack);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the job; requeueing");
+                    return Err(Settle::Requeue);
+                }
+            },
+        };
+        if doc.status.is_terminal() {
+            tracing::info!(status = %doc.status, "job already finished; skipping redelivery");
+            // A job canceled while queued, or a callback whose worker died: send it now.
+            self.webhooks.job_finished(&doc);
+            return Err(Settle::Ack);
+        }
+        let Some(spec) = spec else {
+            let failure = JobFailure {
+                kind: JobErrorKind::Undeliverable,
+                message: format!("no handler for job type '{}'", message.job_type),
+                retryable: false,
+            };
+            return Err(self.give_up(doc, failure).await);
+        };
+        let limits = self.jobs.limits_for(spec);
+        // Found `running`: the last start ended without an outcome (its worker died). Only
+        // those count towards giving up here; failed attempts were counted when they failed.
+        if doc.status == JobStatus::Running && doc.attempts >= limits.max_attempts {
+            // Every earlier start ended without an outcome: the job keeps killing its workers.
+            let failure = JobFailure {
+                kind: JobErrorKind::Crashed,
+                message: format!(
+                    "gave up after {} attempts: each one ended without an outcome (the worker stopped)",
+                    doc.attempts
+                ),
+                retryable: false,
+            };
+            return Err(self.give_up(doc, failure).await);
+        }
+
+        let running = started(doc);
+        // Registered before the start is recorded: a cancel request published from then on
+        // reaches this token; one made earlier is reported by the start itself.
+        let cancel = self.cancels.register(id);
+        match self
+            .store
+            .start(&running, &[JobStatus::Queued, JobStatus::Running])
+            .await
+        {
+            Ok(Transition::Done) => Ok((spec, running, cancel)),
+            Ok(Transition::DoneCancelRequested) => {
+                cancel.cancel();
+                Ok((spec, running, cancel))
+            }
+            Ok(Transition::Refused(state)) => {
+                tracing::info!(%state, "job is no longer runnable; skipping");
+                Err(Settle::Ack)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot mark the job running; requeueing");
+                Err(Settle::Requeue)
+            }
+        }
     }
 
     /// Runs the handler, bounded by the type's maximum run time, renewing the lease meanwhile.
@@ -638,6 +688,19 @@ impl Processor {
 }
 
 /// Counts a stored terminal outcome.
+/// `doc` as a new attempt that starts now.
+fn started(mut doc: StatusDocument) -> StatusDocument {
+    doc.status = JobStatus::Running;
+    doc.attempts += 1;
+    doc.started_at = Some(Utc::now());
+    doc.next_attempt_at = None;
+    doc.progress = Some(Progress {
+        percent: 0.0,
+        message: String::new(),
+    });
+    doc
+}
+
 fn count_outcome(doc: &StatusDocument, dead_lettered: bool) {
     let job_type = doc.job_type.as_str();
     match doc.status {
