@@ -72,7 +72,7 @@ pub fn status_answer(
         }
         return builder.finish();
     }
-    fresh_status_answer(doc, doc_bytes, retry, query)
+    answer_with_tag(doc, doc_bytes, tag, retry, query)
 }
 
 /// The status monitor's answer without regard to conditional headers: for a submit's
@@ -84,6 +84,17 @@ pub fn fresh_status_answer(
     query: Option<&str>,
 ) -> HttpResponse {
     let tag = etag(&doc_bytes);
+    answer_with_tag(doc, doc_bytes, tag, retry, query)
+}
+
+/// The fresh answer, with the document's ETag already computed.
+fn answer_with_tag(
+    doc: &StatusDocument,
+    doc_bytes: Vec<u8>,
+    tag: String,
+    retry: &RetryAfterSettings,
+    query: Option<&str>,
+) -> HttpResponse {
     match doc.status {
         JobStatus::Queued | JobStatus::Running => HttpResponse::Accepted()
             .insert_header((header::LOCATION, with_query(doc.id.status_path(), query)))

@@ -206,7 +206,12 @@ impl Stack {
             // Parallel tests' workers would fight over one metrics port; a test that wants
             // worker metrics sets a port of its own.
             .env("APP__WORKER__METRICS_PORT", "0")
-            .env("RUST_LOG", "info")
+            // Info, plus the per-job lines that are debug by default ("job queued", "job
+            // started"), so tests can follow a job through both logs.
+            .env(
+                "RUST_LOG",
+                "info,api::routes::submit=debug,worker::process=debug",
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -214,7 +214,8 @@ impl Processor {
             // and the lease stays until this run ends.
             acks.ack(delivery.delivery_tag);
         }
-        tracing::info!(attempt = running.attempts, leased, "job started");
+        // Debug: "job finished" (info) is the one line per job at the default level.
+        tracing::debug!(attempt = running.attempts, leased, "job started");
         metrics::STARTED.with_label_values(&[spec.name]).inc();
         metrics::IN_FLIGHT.inc();
         let run_started = Instant::now();
