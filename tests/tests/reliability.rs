@@ -390,3 +390,64 @@ async fn quorum_queues_work_end_to_end() {
     );
     stack.wait_queue_len(&stack.dead_letter_queue(), 1).await;
 }
+
+/// Acks are batched (one `multiple` ack for the finished run at the head of the window), but a
+/// job finished behind a long one still running is acknowledged on its own: with a window of
+/// two deliveries, ten short jobs pass while a long one runs. Held back behind the long job,
+/// their acks would fill the window after the first and the rest would wait for the long job.
+#[tokio::test]
+async fn short_jobs_behind_a_long_one_are_acknowledged_at_once() {
+    let mut stack = Stack::start_with(
+        "acks",
+        StackOptions::default()
+            .env("APP__WORKER__CONCURRENCY", 2)
+            .env("APP__AMQP__PREFETCH", 2)
+            // Short enough that the long job keeps its delivery (no lease, no early ack).
+            .env("APP__JOBS__LIMITS__SLEEP__MAX_RUN_SECONDS", 30),
+    )
+    .await;
+    let long = stack
+        .submit_ok(&json!({"type": "sleep", "input": {"seconds": 6}}))
+        .await;
+    let deadline = Instant::now() + LONG;
+    while stack.status_doc(&long).await["status"] != "running" {
+        assert!(Instant::now() < deadline, "the long job never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut short = Vec::new();
+    for i in 0..10 {
+        short.push(stack.submit_ok(&json!({"type": "echo", "input": i})).await);
+    }
+    for location in &short {
+        let response = stack.wait(location, LONG).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        stack.status_doc(&long).await["status"],
+        "running",
+        "the short jobs waited for the long one"
+    );
+
+    assert_eq!(stack.wait(&long, LONG).await.status(), StatusCode::OK);
+    // Every delivery was acknowledged (not just finished): a worker killed now leaves nothing
+    // unacknowledged for the broker to put back on the queue.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.kill_worker(0);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            stack.queue_len(&stack.queue).await,
+            0,
+            "a delivery went back to the queue: it was never acknowledged"
+        );
+    }
+    // And no job was delivered twice.
+    for location in short.iter().chain([&long]) {
+        assert_eq!(
+            stack.job_field(job_id(location), "starts").await.as_deref(),
+            Some("1"),
+            "{location} ran more than once"
+        );
+    }
+}
