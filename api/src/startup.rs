@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
 use actix_web::http::Method;
-use actix_web::middleware::{Condition, ErrorHandlers, Logger};
+use actix_web::middleware::{Condition, ErrorHandlers};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use shared::{JobId, Settings};
 
@@ -130,7 +130,6 @@ impl Application {
                     !cors_settings.allowed_origins.is_empty(),
                     crate::cors::middleware(&cors_settings),
                 ))
-                .wrap(Logger::new("%r %s %Dms").log_target("access"))
                 .wrap_fn(crate::routes::metrics::record)
                 .wrap_fn(move |req, srv| crate::limits::guard_headers(req, srv, header_limit))
                 .service(

@@ -413,6 +413,14 @@ async fn signed_urls_grant_reading_one_job_until_they_expire() {
     }
     // A key's secret does not sign for another key id.
     problem(get(by("k2", K1)).await.unwrap(), StatusCode::FORBIDDEN).await;
+
+    // The refused reads are in the access log, by path alone: no signature reaches the log.
+    let log = std::fs::read_to_string(stack.log_file("api")).unwrap();
+    assert!(
+        log.contains(&format!("GET /v1/jobs/{id} 403 ")),
+        "refused reads are logged at info"
+    );
+    assert!(!log.contains("sig="), "a signed URL's signature was logged");
 }
 
 #[tokio::test]

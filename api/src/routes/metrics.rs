@@ -73,7 +73,13 @@ fn job_route(path: &str) -> Option<&'static str> {
 }
 
 /// Middleware (for `App::wrap_fn`): counts each request by route pattern, method and status,
-/// and times it.
+/// times it, and writes the access log line (target `access`).
+///
+/// The access log is `info` for what changes something (every method but GET and HEAD) and for
+/// every answer of 400 and above, `debug` for the rest: status polls, results, lists and health
+/// checks. A line is a `write` on the thread serving the request, and polls are the bulk of the
+/// traffic (the benchmark's GET scenario wrote 64 MB of them); their counts and times are in
+/// `/metrics`. The line names the path without its query, which may carry a signed URL's `sig`.
 pub fn record<S, B>(
     req: ServiceRequest,
     service: &S,
@@ -90,6 +96,8 @@ where
         ),
     };
     let method = method_label(req.method());
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    let path = req.path().to_owned();
     let started = Instant::now();
     let response = service.call(req);
     async move {
@@ -98,6 +106,12 @@ where
             Ok(r) => r.status().as_u16(),
             Err(e) => e.as_response_error().status_code().as_u16(),
         };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if access_line_is_info(reads, status) {
+            tracing::info!(target: "access", "{method} {path} {status} {ms:.3}ms");
+        } else {
+            tracing::debug!(target: "access", "{method} {path} {status} {ms:.3}ms");
+        }
         metrics::HTTP_REQUESTS
             .with_label_values(&[route.as_ref(), method, &status.to_string()])
             .inc();
@@ -108,9 +122,26 @@ where
     }
 }
 
+/// Whether a request's access line is `info` (else `debug`): a successful read is `debug`.
+fn access_line_is_info(reads: bool, status: u16) -> bool {
+    !reads || status >= 400
+}
+
 #[cfg(test)]
 mod tests {
-    use super::job_route;
+    use super::{access_line_is_info, job_route};
+
+    #[test]
+    fn successful_reads_are_logged_at_debug_the_rest_at_info() {
+        assert!(!access_line_is_info(true, 200));
+        assert!(!access_line_is_info(true, 202));
+        assert!(!access_line_is_info(true, 303));
+        assert!(!access_line_is_info(true, 304));
+        assert!(access_line_is_info(true, 404));
+        assert!(access_line_is_info(true, 503));
+        assert!(access_line_is_info(false, 202));
+        assert!(access_line_is_info(false, 422));
+    }
 
     #[test]
     fn job_routes_are_recognised_like_the_router_does() {
