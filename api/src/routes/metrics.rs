@@ -103,17 +103,17 @@ where
     async move {
         let response = response.await;
         let status = match &response {
-            Ok(r) => r.status().as_u16(),
-            Err(e) => e.as_response_error().status_code().as_u16(),
+            Ok(r) => r.status(),
+            Err(e) => e.as_response_error().status_code(),
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
-        if access_line_is_info(reads, status) {
-            tracing::info!(target: "access", "{method} {path} {status} {ms:.3}ms");
+        if access_line_is_info(reads, status.as_u16()) {
+            tracing::info!(target: "access", "{method} {path} {} {ms:.3}ms", status.as_str());
         } else {
-            tracing::debug!(target: "access", "{method} {path} {status} {ms:.3}ms");
+            tracing::debug!(target: "access", "{method} {path} {} {ms:.3}ms", status.as_str());
         }
         metrics::HTTP_REQUESTS
-            .with_label_values(&[route.as_ref(), method, &status.to_string()])
+            .with_label_values(&[route.as_ref(), method, status.as_str()])
             .inc();
         metrics::HTTP_DURATION
             .with_label_values(&[route.as_ref(), method])
