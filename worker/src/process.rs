@@ -298,16 +298,9 @@ impl Processor {
                         }
                         return Ok((spec, running, cancel));
                     }
-                    Ok(FreshStart::Missing) => {
-                        // Expired, or taken back by the facade after a failed publish.
-                        tracing::warn!("no record for this job; dropping its message");
-                        return Err(Settle::Ack);
-                    }
+                    Ok(FreshStart::Missing) => return Err(no_record()),
                     Ok(FreshStart::Other(doc)) => stored = doc,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot mark the job running; requeueing");
-                        return Err(Settle::Requeue);
-                    }
+                    Err(e) => return Err(not_started(&e)),
                 }
             }
         }
@@ -316,10 +309,7 @@ impl Processor {
             Some(doc) => *doc,
             None => match self.store.load(&id).await {
                 Ok(Some(doc)) => doc,
-                Ok(None) => {
-                    tracing::warn!("no record for this job; dropping its message");
-                    return Err(Settle::Ack);
-                }
+                Ok(None) => return Err(no_record()),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the job; requeueing");
                     return Err(Settle::Requeue);
@@ -374,10 +364,7 @@ impl Processor {
                 tracing::info!(%state, "job is no longer runnable; skipping");
                 Err(Settle::Ack)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot mark the job running; requeueing");
-                Err(Settle::Requeue)
-            }
+            Err(e) => Err(not_started(&e)),
         }
     }
 
@@ -689,6 +676,19 @@ impl Processor {
 }
 
 /// Counts a stored terminal outcome.
+/// A message whose job has no record (expired, or taken back by the facade after a failed
+/// publish): dropped.
+fn no_record() -> Settle {
+    tracing::warn!("no record for this job; dropping its message");
+    Settle::Ack
+}
+
+/// The start could not be recorded (Redis): the message goes back for another try.
+fn not_started(e: &StoreError) -> Settle {
+    tracing::warn!(error = %e, "cannot mark the job running; requeueing");
+    Settle::Requeue
+}
+
 /// `doc` as a new attempt that starts now.
 fn started(mut doc: StatusDocument) -> StatusDocument {
     doc.status = JobStatus::Running;

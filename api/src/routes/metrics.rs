@@ -97,6 +97,8 @@ where
     };
     let method = method_label(req.method());
     let reads = matches!(*req.method(), Method::GET | Method::HEAD);
+    // A copy of the path, not a clone of the `HttpRequest`: actix recycles a request only while
+    // it holds the sole reference, and panics when a clone outlives the response.
     let path = req.path().to_owned();
     let started = Instant::now();
     let response = service.call(req);
