@@ -145,12 +145,17 @@ impl Broker {
         priority: u8,
         traceparent: &str,
     ) -> Result<(), BrokerError> {
-        let span = tracing::info_span!(
-            "amqp publish",
-            otel.kind = "producer",
-            messaging.system = "rabbitmq",
-            messaging.destination.name = %self.settings.queue
-        );
+        // A span of its own only for an exported trace (see `shared::telemetry::exporting`).
+        let span = if shared::telemetry::exporting() {
+            tracing::info_span!(
+                "amqp publish",
+                otel.kind = "producer",
+                messaging.system = "rabbitmq",
+                messaging.destination.name = %self.settings.queue
+            )
+        } else {
+            tracing::Span::none()
+        };
         async {
             if let Some(channel) = self.ready_channel().await {
                 return self

@@ -46,6 +46,14 @@ pub struct TelemetrySettings {
 /// Whether spans are exported (so [`continue_trace`] can take ids from them).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
+/// Whether spans are exported to a collector. Spans that exist only for the exported trace
+/// (client spans around a Redis command or a publish) are made only then: without a
+/// collector nothing shows them, and each one costs a slab entry and a formatted copy of its
+/// fields in the log layer on every job.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
 /// Keeps the exporter alive; [`Telemetry::shutdown`] (or dropping it) flushes the spans not yet
 /// sent.
 pub struct Telemetry {
@@ -234,7 +242,7 @@ impl HttpClient for Sender {
 ///
 /// Call it right after creating the span, before entering it.
 pub fn continue_trace(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
-    if EXPORTING.load(Ordering::Relaxed) {
+    if exporting() {
         if let Some(parent) = &parent {
             let (trace_id, span_id, flags) = parent.ids();
             let remote = SpanContext::new(

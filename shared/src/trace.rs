@@ -83,6 +83,11 @@ impl TraceContext {
     pub fn trace_id(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+
+    /// The trace id as a number (to format it without a `String`).
+    pub fn trace_id_bits(&self) -> u128 {
+        self.trace_id
+    }
 }
 
 impl fmt::Display for TraceContext {

@@ -363,8 +363,12 @@ impl JobStore {
     }
 }
 
-/// The client span of one transition script (a child of the job's span).
+/// The client span of one transition script (a child of the job's span), when spans are
+/// exported.
 fn transition_span(status: JobStatus) -> tracing::Span {
+    if !shared::telemetry::exporting() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "redis transition",
         otel.kind = "client",

@@ -166,16 +166,30 @@ impl Processor {
         let parent = traceparent_of(&delivery.properties).and_then(|t| TraceContext::parse(&t));
         // From here on every store and callback write is scoped to the job's tenant.
         let this = self.for_tenant(&message.tenant);
-        let span = tracing::info_span!(
-            "job",
-            otel.name = %format!("job {}", message.job_type),
-            otel.kind = "consumer",
-            job_id = %message.id,
-            job_type = %message.job_type,
-            trace_id = tracing::field::Empty
-        );
-        let trace = shared::telemetry::continue_trace(&span, parent);
-        span.record("trace_id", trace.trace_id());
+        let span = if shared::telemetry::exporting() {
+            let span = tracing::info_span!(
+                "job",
+                otel.name = %format!("job {}", message.job_type),
+                otel.kind = "consumer",
+                job_id = %message.id,
+                job_type = %message.job_type,
+                trace_id = tracing::field::Empty
+            );
+            let trace = shared::telemetry::continue_trace(&span, parent);
+            span.record("trace_id", trace.trace_id());
+            span
+        } else {
+            // Without export the span only labels the job's log lines: no OpenTelemetry
+            // fields, and the trace id known before the span is made (recording it later
+            // would have the log layer format the fields twice).
+            let trace = shared::telemetry::continue_trace(&tracing::Span::none(), parent);
+            tracing::info_span!(
+                "job",
+                job_id = %message.id,
+                job_type = %message.job_type,
+                trace_id = %format_args!("{:032x}", trace.trace_id_bits())
+            )
+        };
         this.run_job(message, delivery, publisher, acks, received)
             .instrument(span)
             .await
