@@ -223,13 +223,26 @@ pub struct StatusDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     pub attempts: u32,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::timestamp::option::serialize"
+    )]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::timestamp::option::serialize"
+    )]
     pub finished_at: Option<DateTime<Utc>>,
     /// While a failed attempt waits for its retry: when the next attempt is due.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::timestamp::option::serialize"
+    )]
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The last error: the final one when failed, the last attempt's while a retry waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]

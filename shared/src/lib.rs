@@ -14,6 +14,7 @@ pub mod publish;
 pub mod redis_conn;
 pub mod telemetry;
 pub mod tenant;
+pub mod timestamp;
 pub mod topology;
 pub mod trace;
 pub mod webhooks;

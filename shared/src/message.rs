@@ -21,6 +21,7 @@ pub struct JobMessage {
     #[serde(rename = "type")]
     pub job_type: String,
     pub input: Value,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     /// Where to POST the final status document (already checked against the allow-list).
     /// Absent in messages of older versions, which decode as before.

@@ -225,7 +225,11 @@ pub struct Callback {
     /// Why the last attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::timestamp::option::serialize"
+    )]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
