@@ -689,7 +689,6 @@ impl Processor {
     }
 }
 
-/// Counts a stored terminal outcome.
 /// A message whose job has no record (expired, or taken back by the facade after a failed
 /// publish): dropped.
 fn no_record() -> Settle {
@@ -716,6 +715,7 @@ fn started(mut doc: StatusDocument) -> StatusDocument {
     doc
 }
 
+/// Counts a stored terminal outcome.
 fn count_outcome(doc: &StatusDocument, dead_lettered: bool) {
     let job_type = doc.job_type.as_str();
     match doc.status {
