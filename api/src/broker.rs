@@ -145,17 +145,12 @@ impl Broker {
         priority: u8,
         traceparent: &str,
     ) -> Result<(), BrokerError> {
-        // A span of its own only for an exported trace (see `shared::telemetry::exporting`).
-        let span = if shared::telemetry::exporting() {
-            tracing::info_span!(
-                "amqp publish",
-                otel.kind = "producer",
-                messaging.system = "rabbitmq",
-                messaging.destination.name = %self.settings.queue
-            )
-        } else {
-            tracing::Span::none()
-        };
+        let span = shared::export_span!(
+            "amqp publish",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = %self.settings.queue
+        );
         async {
             if let Some(channel) = self.ready_channel().await {
                 return self

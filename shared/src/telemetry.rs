@@ -47,11 +47,25 @@ pub struct TelemetrySettings {
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Whether spans are exported to a collector. Spans that exist only for the exported trace
-/// (client spans around a Redis command or a publish) are made only then: without a
-/// collector nothing shows them, and each one costs a slab entry and a formatted copy of its
-/// fields in the log layer on every job.
+/// (the submit's server span, client spans around a Redis command or a publish) are made only
+/// then ([`export_span!`](crate::export_span)): without a collector nothing shows them, and
+/// each one costs a slab entry and a formatted copy of its fields in the log layer on every
+/// job.
 pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
+}
+
+/// `tracing::info_span!(...)` when spans are exported ([`exporting`]), `Span::none()`
+/// otherwise: for spans that exist for the exported trace alone.
+#[macro_export]
+macro_rules! export_span {
+    ($($arg:tt)+) => {
+        if $crate::telemetry::exporting() {
+            ::tracing::info_span!($($arg)+)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
 }
 
 /// Keeps the exporter alive; [`Telemetry::shutdown`] (or dropping it) flushes the spans not yet

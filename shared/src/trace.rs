@@ -81,12 +81,22 @@ impl TraceContext {
 
     /// The trace id, 32 lower-case hex digits (what log lines carry).
     pub fn trace_id(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        self.trace_id_hex().to_string()
     }
 
-    /// The trace id as a number (to format it without a `String`).
-    pub fn trace_id_bits(&self) -> u128 {
-        self.trace_id
+    /// The trace id as [`Self::trace_id`] writes it, formatted where it is written (a log
+    /// field) instead of into a `String` first.
+    pub fn trace_id_hex(&self) -> impl fmt::Display {
+        TraceIdHex(self.trace_id)
+    }
+}
+
+/// A trace id as 32 lowercase hex digits.
+struct TraceIdHex(u128);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
     }
 }
 
@@ -94,8 +104,10 @@ impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
+            "00-{}-{:016x}-{:02x}",
+            self.trace_id_hex(),
+            self.span_id,
+            self.flags
         )
     }
 }

@@ -366,10 +366,7 @@ impl JobStore {
 /// The client span of one transition script (a child of the job's span), when spans are
 /// exported.
 fn transition_span(status: JobStatus) -> tracing::Span {
-    if !shared::telemetry::exporting() {
-        return tracing::Span::none();
-    }
-    tracing::info_span!(
+    shared::export_span!(
         "redis transition",
         otel.kind = "client",
         db.system.name = "redis",

@@ -187,7 +187,7 @@ impl Processor {
                 "job",
                 job_id = %message.id,
                 job_type = %message.job_type,
-                trace_id = %format_args!("{:032x}", trace.trace_id_bits())
+                trace_id = %trace.trace_id_hex()
             )
         };
         this.run_job(message, delivery, publisher, acks, received)

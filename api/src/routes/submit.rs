@@ -59,20 +59,15 @@ pub async fn submit(
         .get(shared::trace::HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(TraceContext::parse);
-    // The server span exists for an exported trace; without a collector the lines a submit
-    // writes name their job themselves, and a span would only cost (a slab entry and its
-    // fields formatted by the log layer, on every submit).
-    let span = if shared::telemetry::exporting() {
-        tracing::info_span!(
-            "POST /v1/jobs",
-            otel.kind = "server",
-            http.request.method = "POST",
-            http.route = "/v1/jobs",
-            job_id = tracing::field::Empty,
-        )
-    } else {
-        tracing::Span::none()
-    };
+    // Only for an exported trace: without a collector the lines a submit writes name their
+    // job themselves.
+    let span = shared::export_span!(
+        "POST /v1/jobs",
+        otel.kind = "server",
+        http.request.method = "POST",
+        http.route = "/v1/jobs",
+        job_id = tracing::field::Empty,
+    );
     let trace = shared::telemetry::continue_trace(&span, incoming);
     submit_traced(req, payload, state, caller, trace)
         .instrument(span)
