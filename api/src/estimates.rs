@@ -15,11 +15,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use shared::configuration::RetryAfterSettings;
-use shared::{JobStatus, Settings, StatusDocument};
+use shared::{JobStatus, Settings, StatusHead};
 use tokio::sync::Mutex;
 
 use crate::broker::queue_stats::QueueStats;
@@ -73,7 +74,8 @@ pub struct Estimates {
     settings: RetryAfterSettings,
     /// Jobs one worker process runs at once (`worker.concurrency`, shared configuration).
     concurrency: u32,
-    averages: Mutex<Cached<HashMap<String, f64>>>,
+    /// Shared, so a poll takes a reference rather than a copy of every type's name.
+    averages: Mutex<Cached<Arc<HashMap<String, f64>>>>,
     queue: Mutex<Cached<QueueStats>>,
 }
 
@@ -90,11 +92,14 @@ impl Estimates {
     }
 
     /// Seconds a client should wait before polling `doc`'s job again, clamped to the bounds.
-    pub async fn retry_after(&self, doc: &StatusDocument) -> u64 {
+    pub async fn retry_after(&self, doc: &StatusHead) -> u64 {
         if doc.status.is_terminal() {
             return self.settings.clamp(self.settings.min_seconds);
         }
-        let averages = Cached::get(&self.averages, || self.store.run_time_averages()).await;
+        let averages = Cached::get(&self.averages, || async {
+            self.store.run_time_averages().await.map(Arc::new)
+        })
+        .await;
         let Some(average) = averages.and_then(|a| a.get(&doc.job_type).copied()) else {
             return self.settings.clamp(self.settings.default_seconds);
         };
@@ -117,7 +122,7 @@ impl Estimates {
 
     /// The `Retry-After` settings in force for `doc`'s job: the configured bounds, with this
     /// job's estimate as the value to give (what `job_response::retry_after` answers).
-    pub async fn policy_for(&self, doc: &StatusDocument) -> RetryAfterSettings {
+    pub async fn policy_for(&self, doc: &StatusHead) -> RetryAfterSettings {
         RetryAfterSettings {
             default_seconds: self.retry_after(doc).await,
             ..self.settings.clone()
@@ -128,7 +133,7 @@ impl Estimates {
 /// Seconds until a pending job is likely done (unclamped; may be negative for an overdue
 /// running job). `average` is the type's mean run time in seconds.
 pub fn estimate(
-    doc: &StatusDocument,
+    doc: &StatusHead,
     average: f64,
     queue: Option<QueueStats>,
     concurrency: u32,
@@ -152,7 +157,7 @@ pub fn estimate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::JobId;
+    use shared::{JobId, StatusDocument};
 
     fn doc(status: JobStatus) -> StatusDocument {
         let mut doc = StatusDocument::queued(JobId::new(), "sleep", Utc::now());
@@ -170,12 +175,12 @@ mod tests {
             })
         };
         let d = doc(JobStatus::Queued);
-        assert_eq!(estimate(&d, 2.0, None, 8, now), 2.0);
-        assert_eq!(estimate(&d, 2.0, q(0, 1), 8, now), 2.0);
-        assert_eq!(estimate(&d, 2.0, q(16, 1), 8, now), 6.0);
-        assert_eq!(estimate(&d, 2.0, q(16, 2), 8, now), 4.0);
+        assert_eq!(estimate(&d.head(), 2.0, None, 8, now), 2.0);
+        assert_eq!(estimate(&d.head(), 2.0, q(0, 1), 8, now), 2.0);
+        assert_eq!(estimate(&d.head(), 2.0, q(16, 1), 8, now), 6.0);
+        assert_eq!(estimate(&d.head(), 2.0, q(16, 2), 8, now), 4.0);
         // No consumer yet: counted as one, not as a division by zero.
-        assert_eq!(estimate(&d, 2.0, q(16, 0), 8, now), 6.0);
+        assert_eq!(estimate(&d.head(), 2.0, q(16, 0), 8, now), 6.0);
     }
 
     #[test]
@@ -183,10 +188,10 @@ mod tests {
         let now = Utc::now();
         let mut d = doc(JobStatus::Running);
         d.started_at = Some(now - chrono::Duration::seconds(3));
-        assert_eq!(estimate(&d, 10.0, None, 8, now), 7.0);
-        assert!(estimate(&d, 1.0, None, 8, now) < 0.0);
+        assert_eq!(estimate(&d.head(), 10.0, None, 8, now), 7.0);
+        assert!(estimate(&d.head(), 1.0, None, 8, now) < 0.0);
         let mut d = doc(JobStatus::Queued);
         d.next_attempt_at = Some(now + chrono::Duration::seconds(30));
-        assert_eq!(estimate(&d, 1.0, None, 8, now), 31.0);
+        assert_eq!(estimate(&d.head(), 1.0, None, 8, now), 31.0);
     }
 }

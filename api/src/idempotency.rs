@@ -22,7 +22,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use shared::{JobId, StatusDocument};
+use shared::{JobId, StatusHead};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -226,7 +226,7 @@ pub async fn claim(
 /// The answer to a repeated request: the first request's 202 with the job as it is now.
 async fn replay(state: &AppState, caller: &Caller, doc_bytes: Vec<u8>) -> HttpResponse {
     let mut builder = HttpResponse::Accepted();
-    if let Ok(doc) = serde_json::from_slice::<StatusDocument>(&doc_bytes) {
+    if let Ok(doc) = StatusHead::decode(&doc_bytes) {
         builder
             .insert_header((
                 header::LOCATION,

@@ -6,9 +6,10 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
+use serde::Deserialize;
 use serde_json::Value;
 use shared::configuration::RetryAfterSettings;
-use shared::{JobErrorKind, JobStatus, StatusDocument};
+use shared::{JobErrorKind, JobStatus, StatusDocument, StatusHead};
 
 use crate::problem::Problem;
 
@@ -36,7 +37,15 @@ pub fn etag(bytes: &[u8]) -> String {
         hash = (hash ^ u64::from(*b)).wrapping_mul(PRIME);
     }
     hash ^= hash >> 32;
-    format!("\"{hash:016x}\"")
+    // `format!("\"{hash:016x}\"")`, without the formatter's machinery (every poll makes one).
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut tag = String::with_capacity(18);
+    tag.push('"');
+    for nibble in (0..16).rev() {
+        tag.push(char::from(HEX[(hash >> (nibble * 4)) as usize & 0xf]));
+    }
+    tag.push('"');
+    tag
 }
 
 /// Whether the request's `If-None-Match` names this ETag (or `*`).
@@ -66,7 +75,7 @@ pub fn retry_after(settings: &RetryAfterSettings) -> u64 {
 /// `doc_bytes` is the document as stored; it is served as is.
 pub fn status_answer(
     req: &HttpRequest,
-    doc: &StatusDocument,
+    doc: &StatusHead,
     doc_bytes: Vec<u8>,
     retry: &RetryAfterSettings,
     query: Option<&str>,
@@ -88,7 +97,7 @@ pub fn status_answer(
 /// The status monitor's answer without regard to conditional headers: for a submit's
 /// `Prefer: wait`, whose `If-None-Match` (if any) cannot name a document it never saw.
 pub fn fresh_status_answer(
-    doc: &StatusDocument,
+    doc: &StatusHead,
     doc_bytes: Vec<u8>,
     retry: &RetryAfterSettings,
     query: Option<&str>,
@@ -99,7 +108,7 @@ pub fn fresh_status_answer(
 
 /// The fresh answer, with the document's ETag already computed.
 fn answer_with_tag(
-    doc: &StatusDocument,
+    doc: &StatusHead,
     doc_bytes: Vec<u8>,
     tag: String,
     retry: &RetryAfterSettings,
@@ -135,10 +144,14 @@ fn answer_with_tag(
 }
 
 /// The problem a failed or canceled job is answered with: its `job` member is the status
-/// document, its `instance` the status monitor.
-fn terminal_problem(doc: &StatusDocument, doc_bytes: &[u8]) -> Problem {
+/// document, its `instance` the status monitor. The error is read from the whole document
+/// here (the head does not carry it): terminal failures are answered rarely.
+fn terminal_problem(head: &StatusHead, doc_bytes: &[u8]) -> Problem {
     let job: Value = serde_json::from_slice(doc_bytes).unwrap_or(Value::Null);
-    let problem = match (doc.status, &doc.error) {
+    let error = StatusDocument::deserialize(&job)
+        .ok()
+        .and_then(|doc| doc.error);
+    let problem = match (head.status, &error) {
         (JobStatus::Canceled, _) => {
             Problem::new(StatusCode::CONFLICT, "job-canceled", "The job was canceled")
                 .detail("the job was canceled before it finished")
@@ -161,7 +174,9 @@ fn terminal_problem(doc: &StatusDocument, doc_bytes: &[u8]) -> Problem {
         )
         .detail("the job failed without a recorded error"),
     };
-    problem.instance(doc.id.status_path()).extension("job", job)
+    problem
+        .instance(head.id.status_path())
+        .extension("job", job)
 }
 
 /// The answer of the result resource for a succeeded job.
@@ -191,6 +206,9 @@ mod tests {
         assert_eq!(tag, etag(doc));
         assert_eq!(tag.len(), 18);
         assert!(tag.starts_with('"') && tag.ends_with('"'));
+        assert!(tag[1..17]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         for i in 0..doc.len() {
             let mut changed = doc.to_vec();
             changed[i] ^= 1;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse};
-use shared::{JobId, JobStatus, KeyLayout, StatusDocument};
+use shared::{JobId, JobStatus, KeyLayout, StatusHead};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
@@ -88,7 +88,7 @@ pub async fn wait_for(
     loop {
         match tokio::time::timeout_at(deadline, watch.changes.recv()).await {
             Ok(Ok(change)) => {
-                if let Ok(doc) = serde_json::from_slice::<StatusDocument>(&change) {
+                if let Ok(doc) = StatusHead::decode(&change) {
                     if until.reached(doc.status) {
                         return Ok(change.to_vec());
                     }
@@ -97,7 +97,7 @@ pub async fn wait_for(
             // Fell behind: look at the status itself, then keep waiting.
             Ok(Err(RecvError::Lagged(_))) => {
                 let bytes = read(store, id).await?;
-                if let Ok(doc) = serde_json::from_slice::<StatusDocument>(&bytes) {
+                if let Ok(doc) = StatusHead::decode(&bytes) {
                     if until.reached(doc.status) {
                         return Ok(bytes);
                     }

@@ -11,6 +11,8 @@ use uuid::Uuid;
 
 /// Path under which the status monitor of every job lives.
 pub const JOBS_PATH: &str = "/v1/jobs";
+/// Length of a job id's text.
+const ID_LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 
 /// An unguessable job id (UUID v4: 122 random bits). Parsing is the only way to get one from
 /// outside, so a `JobId` that exists is safe to put into a Redis key or a URL.
@@ -24,14 +26,37 @@ impl JobId {
         JobId(Uuid::new_v4())
     }
 
+    /// Appends the id's one spelling (what `Display` writes) to `out`. Keys and paths are
+    /// built with this rather than `format!`, which grows its string piece by piece (the key
+    /// and the paths of every job and poll cost about 2k instructions each that way).
+    pub fn push_to(&self, out: &mut String) {
+        let mut buf = [0u8; ID_LEN];
+        out.push_str(self.0.hyphenated().encode_lower(&mut buf));
+    }
+
     /// The status monitor's path, `/v1/jobs/{id}`.
     pub fn status_path(&self) -> String {
-        format!("{JOBS_PATH}/{self}")
+        self.path_with("")
     }
 
     /// The result's path, `/v1/jobs/{id}/result`.
     pub fn result_path(&self) -> String {
-        format!("{JOBS_PATH}/{self}/result")
+        self.path_with("/result")
+    }
+
+    /// The event stream's path, `/v1/jobs/{id}/events`.
+    pub fn events_path(&self) -> String {
+        self.path_with("/events")
+    }
+
+    /// `/v1/jobs/{id}` followed by `tail`.
+    fn path_with(&self, tail: &str) -> String {
+        let mut path = String::with_capacity(JOBS_PATH.len() + 1 + ID_LEN + tail.len());
+        path.push_str(JOBS_PATH);
+        path.push('/');
+        self.push_to(&mut path);
+        path.push_str(tail);
+        path
     }
 }
 
@@ -44,7 +69,8 @@ impl Default for JobId {
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Always the lower-case hyphenated form, so a key or URL has one spelling.
-        self.0.as_hyphenated().fmt(f)
+        let mut buf = [0u8; ID_LEN];
+        f.write_str(self.0.hyphenated().encode_lower(&mut buf))
     }
 }
 
@@ -62,7 +88,8 @@ impl FromStr for JobId {
             return Err(InvalidJobId);
         }
         let id = Uuid::try_parse(s).map(JobId).map_err(|_| InvalidJobId)?;
-        if id.to_string() == s {
+        let mut buf = [0u8; ID_LEN];
+        if id.0.hyphenated().encode_lower(&mut buf) == s {
             Ok(id)
         } else {
             Err(InvalidJobId)
@@ -207,7 +234,7 @@ impl Links {
             self_: id.status_path(),
             result: id.result_path(),
             cancel: id.status_path(),
-            events: format!("{}/events", id.status_path()),
+            events: id.events_path(),
         }
     }
 }
@@ -279,6 +306,43 @@ impl StatusDocument {
     }
 }
 
+/// The members of a status document that decide how it is answered (HTTP status, `Location`,
+/// `Retry-After`), read without the rest. A poll serves the stored bytes as they are, so
+/// decoding the links, the callback and timestamps it does not use into owned values is work
+/// thrown away: the whole document cost about 10k instructions per poll, an eighth of the
+/// facade's (BENCHMARKS.md). Members it does not name are skipped, not checked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StatusHead {
+    pub id: JobId,
+    #[serde(rename = "type")]
+    pub job_type: String,
+    pub status: JobStatus,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl StatusHead {
+    /// The head of a stored status document.
+    pub fn decode(bytes: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl StatusDocument {
+    /// The head of this document (what [`StatusHead::decode`] reads from its JSON).
+    pub fn head(&self) -> StatusHead {
+        StatusHead {
+            id: self.id,
+            job_type: self.job_type.clone(),
+            status: self.status,
+            started_at: self.started_at,
+            next_attempt_at: self.next_attempt_at,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +366,19 @@ mod tests {
     }
 
     #[test]
+    fn paths_and_text_of_an_id() {
+        let id = JobId::new();
+        let text = id.0.as_hyphenated().to_string();
+        assert_eq!(id.to_string(), text);
+        assert_eq!(id.status_path(), format!("/v1/jobs/{text}"));
+        assert_eq!(id.result_path(), format!("/v1/jobs/{text}/result"));
+        assert_eq!(id.events_path(), format!("/v1/jobs/{text}/events"));
+        let mut out = String::from("x:");
+        id.push_to(&mut out);
+        assert_eq!(out, format!("x:{text}"));
+    }
+
+    #[test]
     fn document_round_trips_and_omits_empty_fields() {
         let doc = StatusDocument::queued(JobId::new(), "echo", Utc::now());
         let json = serde_json::to_value(&doc).unwrap();
@@ -310,6 +387,26 @@ mod tests {
         assert_eq!(json["links"]["self"], doc.id.status_path());
         let back: StatusDocument = serde_json::from_value(json).unwrap();
         assert_eq!(back, doc);
+    }
+
+    #[test]
+    fn the_head_reads_what_the_whole_document_says() {
+        let mut doc = StatusDocument::queued(JobId::new(), "echo", Utc::now())
+            .with_callback(Some("https://example.com/hook"));
+        doc.status = JobStatus::Running;
+        doc.started_at = Some(Utc::now());
+        doc.progress = Some(Progress {
+            percent: 50.0,
+            message: "half".into(),
+        });
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let head = StatusHead::decode(&bytes).unwrap();
+        assert_eq!(head, doc.head());
+        // A type name with an escape is read all the same.
+        let escaped = br#"{"id":"0b7c4f0e-4b7e-4a55-9d7e-2f0c8e1d6a3b","type":"e\u0063ho","status":"queued"}"#;
+        assert_eq!(StatusHead::decode(escaped).unwrap().job_type, "echo");
+        assert!(StatusHead::decode(br#"{"type":"echo","status":"queued"}"#).is_err());
+        assert!(StatusHead::decode(br#"{"id":"x","type":"echo","status":"queued"}"#).is_err());
     }
 
     #[test]

@@ -63,13 +63,26 @@ impl KeyLayout {
 
     /// The job's hash.
     pub fn job(&self, id: &JobId) -> String {
-        format!("{}:{}:job:{{{}}}", self.prefix, self.tenant, id)
+        self.of_job("job", id)
+    }
+
+    /// `{prefix}:{tenant}:{kind}:{<id>}`, built in one allocation of the right size (every
+    /// job and every poll builds one or more).
+    fn of_job(&self, kind: &str, id: &JobId) -> String {
+        let (prefix, tenant) = (self.prefix.as_str(), self.tenant.as_str());
+        let mut key = String::with_capacity(prefix.len() + tenant.len() + kind.len() + 42);
+        for part in [prefix, ":", tenant, ":", kind, ":{"] {
+            key.push_str(part);
+        }
+        id.push_to(&mut key);
+        key.push('}');
+        key
     }
 
     /// Pub/sub channel on which every change of the job's status document is published (the
     /// document itself), for long-polls and event streams.
     pub fn events(&self, id: &JobId) -> String {
-        format!("{}:{}:events:{{{}}}", self.prefix, self.tenant, id)
+        self.of_job("events", id)
     }
 
     /// Pub/sub channel on which cancel requests for running jobs are published (the job id).
@@ -85,7 +98,7 @@ impl KeyLayout {
 
     /// A tiny marker that outlives the job's hash, so an expired job answers 410, not 404.
     pub fn tombstone(&self, id: &JobId) -> String {
-        format!("{}:{}:tomb:{{{}}}", self.prefix, self.tenant, id)
+        self.of_job("tomb", id)
     }
 
     /// The record of one `Idempotency-Key`: `{prefix}:{tenant}:idem:<hex SHA-256 of the key>`

@@ -20,7 +20,7 @@ pub mod trace;
 pub mod webhooks;
 
 pub use configuration::Settings;
-pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument};
+pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument, StatusHead};
 pub use keys::KeyLayout;
 pub use message::JobMessage;
 pub use tenant::Tenant;

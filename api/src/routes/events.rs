@@ -9,7 +9,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream;
-use shared::{JobId, JobStatus, StatusDocument};
+use shared::{JobId, JobStatus, StatusHead};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Caller;
@@ -38,7 +38,7 @@ struct Stream {
 
 /// One SSE frame for a document, or `None` if the client has it already.
 fn frame(s: &mut Stream, doc_bytes: &[u8]) -> Option<(Bytes, bool)> {
-    let doc: StatusDocument = serde_json::from_slice(doc_bytes).ok()?;
+    let doc = StatusHead::decode(doc_bytes).ok()?;
     let tag = etag(doc_bytes);
     if s.last_etag.as_deref() == Some(tag.as_str()) {
         // Nothing new; still, a terminal document ends the stream.

@@ -1,7 +1,7 @@
 //! `GET /v1/jobs/{id}` (the status monitor) and `GET /v1/jobs/{id}/result`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use shared::{JobId, JobStatus, StatusDocument};
+use shared::{JobId, JobStatus, StatusHead};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -23,9 +23,10 @@ fn found<T>(lookup: Lookup<T>) -> Result<T, ApiError> {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<StatusDocument, ApiError> {
+/// What decides the answer to a stored document; the bytes are served as they are.
+fn decode(bytes: &[u8]) -> Result<StatusHead, ApiError> {
     // A document this service did not write (or a newer format) is as good as no job.
-    serde_json::from_slice(bytes).map_err(|e| {
+    StatusHead::decode(bytes).map_err(|e| {
         tracing::error!(error = %e, "undecodable status document in Redis");
         ApiError::JobNotFound
     })
@@ -77,18 +78,18 @@ pub async fn status(
         None => (None, None),
     };
     let mut bytes = found(store.document(&id).await?)?;
-    let mut doc = decode(&bytes)?;
     let mut applied = None;
     if let (Some(wait), Some(watch)) = (wait, watch) {
+        let status = decode(&bytes)?.status;
         // Wait only if the client has seen this state: a stale If-None-Match, or none at
         // all, compares against the state as it is now.
         let seen = if_none_match_is_stale(&req, &bytes);
-        if !doc.status.is_terminal() && !seen {
-            bytes = wait_for(&store, &id, watch, Until::StatusChanges(doc.status), wait).await?;
-            doc = decode(&bytes)?;
+        if !status.is_terminal() && !seen {
+            bytes = wait_for(&store, &id, watch, Until::StatusChanges(status), wait).await?;
         }
         applied = Some(wait);
     }
+    let doc = decode(&bytes)?;
     let retry = state.estimates.policy_for(&doc).await;
     let query = state.location_query(&caller, &id);
     let mut response = status_answer(&req, &doc, bytes, &retry, query.as_deref());

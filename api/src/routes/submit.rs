@@ -6,7 +6,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use shared::trace::TraceContext;
-use shared::{JobId, JobMessage, StatusDocument};
+use shared::{JobId, JobMessage, StatusDocument, StatusHead};
 use tracing::Instrument;
 
 use crate::auth::Caller;
@@ -165,7 +165,7 @@ async fn submit_traced(
         ))
         .insert_header((
             header::RETRY_AFTER,
-            retry_after(&state.estimates.policy_for(&doc).await),
+            retry_after(&state.estimates.policy_for(&doc.head()).await),
         ))
         .insert_header((header::ETAG, etag(&doc_bytes)))
         .content_type("application/json")
@@ -176,7 +176,7 @@ async fn submit_traced(
         return Ok(accepted);
     };
     let latest = wait_for(&store, &id, watch, Until::Terminal, wait).await?;
-    let mut response = match serde_json::from_slice::<StatusDocument>(&latest) {
+    let mut response = match StatusHead::decode(&latest) {
         Ok(doc) if doc.status.is_terminal() => {
             fresh_status_answer(&doc, latest, &state.settings.retry_after, query.as_deref())
         }
