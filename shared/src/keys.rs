@@ -8,6 +8,8 @@
 //! authenticated as one tenant cannot reach another tenant's job. Keys that belong to the
 //! deployment (leases, workers, run-time statistics, the cancel channel) carry only the prefix.
 
+use std::sync::Arc;
+
 use crate::job::JobId;
 use crate::tenant::Tenant;
 
@@ -30,9 +32,10 @@ pub mod field {
     pub const CANCEL: &str = "cancel";
 }
 
+/// Cheap to clone (shared text): every job's handles carry one.
 #[derive(Debug, Clone)]
 pub struct KeyLayout {
-    prefix: String,
+    prefix: Arc<str>,
     tenant: Tenant,
 }
 
@@ -40,7 +43,7 @@ impl KeyLayout {
     /// The layout under `prefix`, scoped to the default tenant.
     pub fn new(prefix: impl Into<String>) -> Self {
         KeyLayout {
-            prefix: prefix.into(),
+            prefix: Arc::from(prefix.into()),
             tenant: Tenant::default(),
         }
     }
@@ -69,7 +72,7 @@ impl KeyLayout {
     /// `{prefix}:{tenant}:{kind}:{<id>}`, built in one allocation of the right size (every
     /// job and every poll builds one or more).
     fn of_job(&self, kind: &str, id: &JobId) -> String {
-        let (prefix, tenant) = (self.prefix.as_str(), self.tenant.as_str());
+        let (prefix, tenant) = (&*self.prefix, self.tenant.as_str());
         let mut key = String::with_capacity(prefix.len() + tenant.len() + kind.len() + 42);
         for part in [prefix, ":", tenant, ":", kind, ":{"] {
             key.push_str(part);

@@ -6,6 +6,7 @@ pub mod access;
 pub mod amqp;
 pub mod configuration;
 pub mod fleet;
+pub mod hex;
 pub mod job;
 pub mod job_types;
 pub mod keys;

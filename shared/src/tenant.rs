@@ -5,13 +5,17 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A tenant's name: 1 to 63 characters of `a-z`, `0-9`, `_` and `-`, starting with a letter
 /// or digit. No `:`, `{`, `}`, `*`, `?` or `[`: nothing that could change a key's meaning.
+///
+/// Shared text: every job's handles (key layout, store, callbacks) carry their tenant, and a
+/// clone is a reference count, not an allocation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tenant(String);
+pub struct Tenant(Arc<str>);
 
 /// The tenant of every job when authentication is off, and of messages from before tenants.
 pub const DEFAULT_TENANT: &str = "default";
@@ -31,7 +35,7 @@ impl Tenant {
                 .next()
                 .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if valid {
-            Ok(Tenant(name.to_owned()))
+            Ok(Tenant(Arc::from(name)))
         } else {
             Err(InvalidTenant(name.to_owned()))
         }
@@ -44,7 +48,8 @@ impl Tenant {
 
 impl Default for Tenant {
     fn default() -> Self {
-        Tenant(DEFAULT_TENANT.to_owned())
+        static DEFAULT: LazyLock<Tenant> = LazyLock::new(|| Tenant(Arc::from(DEFAULT_TENANT)));
+        DEFAULT.clone()
     }
 }
 

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::hex::Hex;
+
 /// AMQP header (and HTTP header) that carries the context.
 pub const HEADER: &str = "traceparent";
 
@@ -96,19 +98,19 @@ struct TraceIdHex(u128);
 
 impl fmt::Display for TraceIdHex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(Hex::<32>::new(self.0).as_str())
     }
 }
 
+/// `00-<trace id>-<span id>-<flags>`.
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{:016x}-{:02x}",
-            self.trace_id_hex(),
-            self.span_id,
-            self.flags
-        )
+        f.write_str("00-")?;
+        f.write_str(Hex::<32>::new(self.trace_id).as_str())?;
+        f.write_str("-")?;
+        f.write_str(Hex::<16>::new(u128::from(self.span_id)).as_str())?;
+        f.write_str("-")?;
+        f.write_str(Hex::<2>::new(u128::from(self.flags)).as_str())
     }
 }
 

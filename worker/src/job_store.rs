@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
@@ -102,16 +102,19 @@ pub enum Transition {
     Refused(String),
 }
 
+/// The scripts, made once (a `Script` holds its text and digest: two strings to copy).
+static TRANSITION_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TRANSITION));
+static START_FRESH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(START_FRESH));
+static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM_LAPSED));
+
+/// Cheap to clone (handles and shared text): each job makes a copy scoped to its tenant.
 #[derive(Clone)]
 pub struct JobStore {
     conn: RedisConn,
     keys: KeyLayout,
-    script: Script,
-    start_fresh: Script,
-    claim: Script,
     retention_seconds: u64,
     tombstone_seconds: u64,
-    worker_id: String,
+    worker_id: Arc<str>,
     run_times: Arc<RunTimes>,
 }
 
@@ -128,12 +131,9 @@ impl JobStore {
         Ok(JobStore {
             conn: RedisConn::open(redis, retries)?,
             keys: KeyLayout::new(redis.key_prefix.clone()),
-            script: Script::new(TRANSITION),
-            start_fresh: Script::new(START_FRESH),
-            claim: Script::new(CLAIM_LAPSED),
             retention_seconds: jobs.retention_seconds,
             tombstone_seconds: jobs.retention_seconds + jobs.tombstone_seconds,
-            worker_id,
+            worker_id: Arc::from(worker_id),
             run_times: Arc::default(),
         })
     }
@@ -200,15 +200,14 @@ impl JobStore {
         let mut conn = self.conn.clone();
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
         let span = transition_span(doc.status);
-        let outcome: String = self
-            .script
+        let outcome: String = TRANSITION_SCRIPT
             .key(self.keys.job(&doc.id))
             .key(self.keys.tombstone(&doc.id))
             .arg(allowed)
             .arg(doc.status.as_str())
             .arg(doc_bytes)
             .arg(self.retention_seconds)
-            .arg(&self.worker_id)
+            .arg(&*self.worker_id)
             .arg(if result.is_some() { "1" } else { "0" })
             .arg(result.unwrap_or_default())
             .arg(tombstone)
@@ -236,13 +235,12 @@ impl JobStore {
         let mut conn = self.conn.clone();
         let _timer = crate::metrics::REDIS_DURATION.start_timer();
         let span = transition_span(running.status);
-        let reply: Vec<Vec<u8>> = self
-            .start_fresh
+        let reply: Vec<Vec<u8>> = START_FRESH_SCRIPT
             .key(self.keys.job(&running.id))
             .arg(queued_doc)
             .arg(running_bytes)
             .arg(self.retention_seconds)
-            .arg(&self.worker_id)
+            .arg(&*self.worker_id)
             .arg(self.keys.events(&running.id))
             .invoke_async(&mut conn)
             .instrument(span)
@@ -320,8 +318,7 @@ impl JobStore {
         limit: usize,
     ) -> Result<Vec<LeaseMember>, StoreError> {
         let mut conn = self.conn.clone();
-        let ids: Vec<String> = self
-            .claim
+        let ids: Vec<String> = CLAIM_SCRIPT
             .key(self.keys.leases())
             .arg(now_ms)
             .arg(until_ms)
@@ -415,7 +412,7 @@ if old then new = old + tonumber(ARGV[3]) * (x - old) end
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%.3f', new))
 return 1
 "#;
-        static SCRIPT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| Script::new(EWMA));
+        static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(EWMA));
         tokio::time::sleep(Self::FLUSH_EVERY).await;
         // Cleared before taking the samples: one added from now on schedules the next flush
         // (or is taken by this one, leaving the next with nothing to do).

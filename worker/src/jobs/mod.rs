@@ -71,9 +71,10 @@ impl JobFailure {
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, JobFailure>> + Send>>;
 type ErasedHandler = Arc<dyn Fn(Value, JobContext) -> BoxFuture + Send + Sync>;
 
+/// Shared: every job's processor holds the registry.
 #[derive(Clone, Default)]
 pub struct Registry {
-    handlers: HashMap<String, ErasedHandler>,
+    handlers: Arc<HashMap<String, ErasedHandler>>,
 }
 
 impl Registry {
@@ -113,7 +114,7 @@ impl Registry {
                     .map_err(|e| JobFailure::permanent(format!("cannot encode the result: {e}")))
             }) as BoxFuture
         });
-        self.handlers.insert(name.to_owned(), erased);
+        Arc::make_mut(&mut self.handlers).insert(name.to_owned(), erased);
         self
     }
 
