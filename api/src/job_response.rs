@@ -9,14 +9,16 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 use shared::configuration::RetryAfterSettings;
+use shared::hex::Hex;
 use shared::{JobErrorKind, JobStatus, StatusDocument, StatusHead};
 
 use crate::problem::Problem;
 
-const JSON: &str = "application/json";
+// Header values as constants: no copy and no validation per answer.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 /// Polls may be cached only if revalidated (the ETag makes that cheap); the data is the
 /// caller's own.
-const CACHE_CONTROL: &str = "private, no-cache";
+const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("private, no-cache");
 
 /// A strong ETag over the stored document: it changes whenever the status document does.
 pub fn etag(bytes: &[u8]) -> String {
@@ -38,12 +40,9 @@ pub fn etag(bytes: &[u8]) -> String {
     }
     hash ^= hash >> 32;
     // `format!("\"{hash:016x}\"")`, without the formatter's machinery (every poll makes one).
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut tag = String::with_capacity(18);
     tag.push('"');
-    for nibble in (0..16).rev() {
-        tag.push(char::from(HEX[(hash >> (nibble * 4)) as usize & 0xf]));
-    }
+    tag.push_str(Hex::<16>::new(u128::from(hash)).as_str());
     tag.push('"');
     tag
 }
@@ -134,10 +133,7 @@ fn answer_with_tag(
             if let Ok(tag) = HeaderValue::from_str(&tag) {
                 headers.insert(header::ETAG, tag);
             }
-            headers.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static(CACHE_CONTROL),
-            );
+            headers.insert(header::CACHE_CONTROL, CACHE_CONTROL);
             builder
         }
     }
@@ -189,7 +185,10 @@ pub fn result_answer(req: &HttpRequest, result: Vec<u8>) -> HttpResponse {
     }
     HttpResponse::Ok()
         .insert_header((header::ETAG, tag))
-        .insert_header((header::CACHE_CONTROL, "private, max-age=0"))
+        .insert_header((
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=0"),
+        ))
         .content_type(JSON)
         .body(result)
 }
