@@ -89,5 +89,12 @@ impl StatusStore {
             Ok(Canceled::Missing)
         })
         .await
+        .inspect(|outcome| {
+            if matches!(outcome, Canceled::Now(_)) {
+                // Its own write: the next poll here shows it without waiting for Redis's
+                // invalidation to come round.
+                self.forget_polled(&id);
+            }
+        })
     }
 }

@@ -35,6 +35,14 @@ pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static POLL_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "arr_poll_cache_total",
+        "Status polls answered from the facade's poll cache (hit) or read from Redis (miss).",
+        &["result"],
+    )
+});
+
 pub static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram(
         "arr_http_request_duration_seconds",

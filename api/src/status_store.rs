@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 mod idempotency;
 pub mod index;
+mod poll_cache;
 mod stats;
 mod workers;
 
@@ -53,6 +54,8 @@ pub struct StatusStore {
     pub(crate) keys: Arc<KeyLayout>,
     pub(crate) retention_seconds: u64,
     pub(crate) io: Io,
+    /// Documents kept between polls; `None` when off.
+    poll_cache: Option<poll_cache::PollCache>,
 }
 
 struct ConnTarget {
@@ -105,6 +108,7 @@ impl StatusStore {
             target,
             keys: Arc::new(KeyLayout::new(redis.key_prefix.clone())),
             retention_seconds: jobs.retention_seconds,
+            poll_cache: poll_cache::PollCache::new(redis, io.clone()),
             io,
         })
     }
@@ -216,6 +220,27 @@ impl StatusStore {
             }
         })
         .await
+    }
+
+    /// The status document for a status poll: as [`Self::document`], but answered from the
+    /// poll cache when it holds the job's current document.
+    pub async fn poll_document(&self, id: &JobId) -> Result<Lookup<Vec<u8>>, StoreError> {
+        let Some(cache) = self.poll_cache.as_ref().filter(|c| c.enabled()) else {
+            return self.document(id).await;
+        };
+        match cache.document(&self.keys.job(id)).await {
+            Ok(Some(doc)) => Ok(Lookup::Found(doc)),
+            // No document: the usual path tells an expired job from an unknown one. And if
+            // the cache's connection failed, this thread's connection may still work.
+            Ok(None) | Err(_) => self.document(id).await,
+        }
+    }
+
+    /// Drops the poll cache's copy of job `id`'s document (after this facade changed it).
+    pub fn forget_polled(&self, id: &JobId) {
+        if let Some(cache) = &self.poll_cache {
+            cache.forget(&self.keys.job(id));
+        }
     }
 
     /// The status document and, if there is one, the result (one round trip).

@@ -96,6 +96,10 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub response_timeout_ms: u64,
     pub connection_timeout_ms: u64,
+    /// Status documents the facade keeps between polls (invalidated by Redis: see the facade's
+    /// `status_store::poll_cache`); 0 turns the cache off.
+    #[serde(default)]
+    pub poll_cache_entries: usize,
 }
 
 impl std::fmt::Debug for RedisSettings {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{job_id, Stack};
+use e2e::{job_id, Stack, StackOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -288,4 +288,97 @@ async fn an_expired_job_answers_410_while_its_tombstone_lasts() {
         .unwrap();
     let response = stack.http.get(stack.url(&location)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}
+
+/// `arr_poll_cache_total{result}` from the facade's metrics.
+async fn poll_cache_count(stack: &Stack, result: &str) -> u64 {
+    let text = stack
+        .http
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("arr_poll_cache_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn polls_of_an_unchanged_job_are_answered_from_the_facade_and_see_each_change() {
+    // No worker: the job stays queued until this test writes its document, as a worker would.
+    let stack = Stack::start_with("pollcache", StackOptions::default().workers(0)).await;
+    let location = stack.submit_ok(&json!({"type": "echo", "input": 1})).await;
+    let id = job_id(&location).to_owned();
+    let hits = poll_cache_count(&stack, "hit").await;
+    let first = stack.status_doc(&location).await;
+    assert_eq!(first["status"], "queued");
+    for _ in 0..5 {
+        assert_eq!(stack.status_doc(&location).await, first);
+    }
+    assert!(
+        poll_cache_count(&stack, "hit").await >= hits + 5,
+        "repeated polls of an unchanged job did not come from the cache"
+    );
+
+    // A write from another connection (a worker's) invalidates the kept document: polls show
+    // it at once (within the invalidation's trip), never the old one after that.
+    let key = format!("{}:default:job:{{{id}}}", stack.prefix);
+    let mut changed = first.clone();
+    changed["status"] = json!("running");
+    changed["attempts"] = json!(1);
+    let mut redis = stack.redis().await;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("doc")
+        .arg(changed.to_string())
+        .arg("state")
+        .arg("running")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let doc = stack.status_doc(&location).await;
+        if doc == changed {
+            break;
+        }
+        assert_eq!(doc, first, "neither the old nor the new document");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change did not show within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(stack.status_doc(&location).await, changed);
+    }
+
+    // A deleted job is not served from the cache either.
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = stack
+            .http_no_redirect
+            .get(stack.url(&location))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a deleted job was still served after 2 s ({status})"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -77,7 +77,13 @@ pub async fn status(
         }
         None => (None, None),
     };
-    let mut bytes = found(store.document(&id).await?)?;
+    // A long-poll reads Redis itself: a kept document a moment older than a change whose
+    // notification came before the subscription would have it wait for nothing.
+    let read = match wait {
+        Some(_) => store.document(&id).await?,
+        None => store.poll_document(&id).await?,
+    };
+    let mut bytes = found(read)?;
     let mut applied = None;
     if let (Some(wait), Some(watch)) = (wait, watch) {
         let status = decode(&bytes)?.status;

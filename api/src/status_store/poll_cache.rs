@@ -1,0 +1,394 @@
+//! Status documents kept in the facade between polls, so that polling a job that has not changed
+//! costs no Redis round trip. Most polls see no change: a client polls every `Retry-After`
+//! seconds while its job waits or runs, and only two or three writes happen in a job's life.
+//!
+//! Correctness comes from Redis's server-assisted client-side caching: documents are read on
+//! one RESP3 connection with `CLIENT TRACKING ON`, and Redis pushes an invalidation on that
+//! connection when a key it read is written, expires or is deleted. The cache drops the key
+//! when the push arrives (in the connection's own task, as it reads it).
+//!
+//! Two races are closed here rather than trusted to the transport:
+//!
+//! - A reply and the invalidation of a write made just after the read can arrive in one read
+//!   of the socket; the invalidation is applied at once, the reply only when the waiting poll
+//!   resumes. So every read is registered before it is sent, an invalidation of its key marks
+//!   it overtaken, and an overtaken reply is answered but not kept. (redis-rs's own cache,
+//!   `cache-aio`, keeps such a reply until its client-side TTL: BENCHMARKS.md, stop 14.)
+//! - A lost connection loses the invalidations sent meanwhile: everything is dropped, reads in
+//!   flight are marked overtaken, and the next miss connects again.
+//!
+//! A poll can thus show a document for as long as its invalidation takes to arrive (well under
+//! a millisecond here), never longer. Entries also expire after `MAX_AGE`, and the cache holds
+//! at most `poll_cache_entries` documents. Off on a Redis Cluster (tracking is per node).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
+use shared::configuration::RedisSettings;
+use shared::keys::field;
+
+use super::StoreError;
+use crate::io::Io;
+
+/// Longest time an entry is served (a bound should an invalidation ever not come).
+const MAX_AGE: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct PollCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: RedisSettings,
+    io: Io,
+    max_entries: usize,
+    /// The tracking connection (made by the first miss, on the I/O runtime) and its number;
+    /// `None` while there is none. A kept document is only as good as the connection that
+    /// read it, so the handle is only ever dropped together with everything kept.
+    conn: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    connections: AtomicU64,
+    /// Set when Redis refused tracking (a server before 6, or one without RESP3): polls then
+    /// read Redis as they would without the cache.
+    refused: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<String, (Vec<u8>, Instant)>,
+    /// Keys with reads in flight: how many, and whether an invalidation overtook them.
+    reading: HashMap<String, (usize, bool)>,
+}
+
+impl State {
+    fn invalidate(&mut self, key: &[u8]) {
+        let Ok(key) = std::str::from_utf8(key) else {
+            return;
+        };
+        self.entries.remove(key);
+        if let Some((_, overtaken)) = self.reading.get_mut(key) {
+            *overtaken = true;
+        }
+    }
+
+    fn invalidate_all(&mut self) {
+        self.entries.clear();
+        for (_, overtaken) in self.reading.values_mut() {
+            *overtaken = true;
+        }
+    }
+
+    fn begin_read(&mut self, key: &str) {
+        match self.reading.get_mut(key) {
+            Some((count, _)) => *count += 1,
+            None => {
+                self.reading.insert(key.to_owned(), (1, false));
+            }
+        }
+    }
+
+    /// Ends a read; keeps `doc` unless an invalidation overtook the read.
+    fn end_read(&mut self, key: &str, doc: Option<&[u8]>, max_entries: usize) {
+        let overtaken = match self.reading.get_mut(key) {
+            Some((count, overtaken)) if *count > 1 => {
+                *count -= 1;
+                *overtaken
+            }
+            Some(&mut (_, overtaken)) => {
+                self.reading.remove(key);
+                overtaken
+            }
+            None => true,
+        };
+        let Some(doc) = doc else { return };
+        if overtaken {
+            return;
+        }
+        if self.entries.len() >= max_entries && !self.entries.contains_key(key) {
+            // Full: make room by dropping an arbitrary entry (a miss costs one read).
+            if let Some(old) = self.entries.keys().next().cloned() {
+                self.entries.remove(&old);
+            }
+        }
+        self.entries
+            .insert(key.to_owned(), (doc.to_vec(), Instant::now()));
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let (doc, stored) = self.entries.get(key)?;
+        (stored.elapsed() < MAX_AGE).then(|| doc.clone())
+    }
+}
+
+impl PollCache {
+    /// A cache of at most `max_entries` documents; `None` when it is off (0 entries, or a
+    /// Redis Cluster).
+    pub fn new(redis: &RedisSettings, io: Io) -> Option<PollCache> {
+        if redis.poll_cache_entries == 0 || redis.is_cluster() {
+            return None;
+        }
+        Some(PollCache {
+            inner: Arc::new(Inner {
+                redis: redis.clone(),
+                io,
+                max_entries: redis.poll_cache_entries,
+                conn: tokio::sync::Mutex::new(None),
+                connections: AtomicU64::new(0),
+                refused: AtomicBool::new(false),
+                state: Mutex::new(State::default()),
+            }),
+        })
+    }
+
+    /// Drops `key`'s document, as an invalidation would.
+    pub fn forget(&self, key: &str) {
+        self.inner.state().invalidate(key.as_bytes());
+    }
+
+    /// Whether the cache is in use (Redis has not refused tracking).
+    pub fn enabled(&self) -> bool {
+        !self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// The job hash `key`'s status document: kept, or read (and kept) through the tracking
+    /// connection. `None` when the hash has no document.
+    pub async fn document(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(doc) = self.inner.state().get(key) {
+            crate::metrics::POLL_CACHE.with_label_values(&["hit"]).inc();
+            return Ok(Some(doc));
+        }
+        crate::metrics::POLL_CACHE
+            .with_label_values(&["miss"])
+            .inc();
+        let mut read = Read::begin(&self.inner, key);
+        let inner = self.inner.clone();
+        let owned_key = key.to_owned();
+        let doc = self
+            .inner
+            .io
+            .run(async move { inner.read(&owned_key).await })
+            .await??;
+        read.end(doc.as_deref());
+        Ok(doc)
+    }
+}
+
+/// A read in flight; ends without keeping anything if the poll fails or is dropped first.
+struct Read<'a> {
+    inner: &'a Inner,
+    key: &'a str,
+    ended: bool,
+}
+
+impl<'a> Read<'a> {
+    fn begin(inner: &'a Inner, key: &'a str) -> Self {
+        inner.state().begin_read(key);
+        Read {
+            inner,
+            key,
+            ended: false,
+        }
+    }
+
+    fn end(&mut self, doc: Option<&[u8]>) {
+        self.ended = true;
+        self.inner
+            .state()
+            .end_read(self.key, doc, self.inner.max_entries);
+    }
+}
+
+impl Drop for Read<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.inner.state().end_read(self.key, None, 0);
+        }
+    }
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn read(self: &Arc<Self>, key: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+        let mut slot = self.conn.lock().await;
+        let (number, mut conn) = match slot.as_ref() {
+            Some(current) => current.clone(),
+            None => {
+                let number = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
+                let conn = self
+                    .connect(number)
+                    .await
+                    .inspect_err(|e| self.refusal(e))?;
+                *slot = Some((number, conn.clone()));
+                (number, conn)
+            }
+        };
+        drop(slot);
+        let doc: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
+            .arg(key)
+            .arg(field::DOC)
+            .query_async(&mut conn)
+            .await;
+        if doc.is_err() {
+            // Invalidations may have been lost with whatever failed: start over.
+            self.lost(number);
+        }
+        doc
+    }
+
+    /// Turns the cache off for good when Redis answered the connection's set-up with an error
+    /// (no RESP3, no tracking); a connection that failed otherwise is tried again by the next
+    /// miss.
+    fn refusal(&self, e: &redis::RedisError) {
+        if matches!(
+            e.kind(),
+            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+        ) && !self.refused.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(error = %e, "Redis refused client tracking: every poll reads Redis");
+        }
+    }
+
+    /// Connection `number` is gone or failed: drops everything kept and the connection (the
+    /// next miss connects again). A newer connection is left alone.
+    fn lost(self: &Arc<Self>, number: u64) {
+        self.state().invalidate_all();
+        let clear = move |slot: &mut Option<(u64, MultiplexedConnection)>| {
+            if slot.as_ref().is_some_and(|(current, _)| *current == number) {
+                *slot = None;
+            }
+        };
+        if let Ok(mut slot) = self.conn.try_lock() {
+            clear(&mut slot);
+        } else {
+            let this = self.clone();
+            self.io.spawn(async move {
+                clear(&mut *this.conn.lock().await);
+                // Whatever was kept meanwhile may have come through the dropped connection.
+                this.state().invalidate_all();
+            });
+        }
+    }
+
+    async fn connect(self: &Arc<Self>, number: u64) -> redis::RedisResult<MultiplexedConnection> {
+        let info = self.redis.url.as_str().into_connection_info()?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let weak = Arc::downgrade(self);
+        // Runs in the connection's task as each push is read, before the replies read after it
+        // reach their callers.
+        let on_push = move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+            if let Some(inner) = weak.upgrade() {
+                inner.on_push(number, push);
+            }
+            Ok(())
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_push_sender(on_push)
+            .set_connection_timeout(Some(Duration::from_millis(
+                self.redis.connection_timeout_ms,
+            )))
+            .set_response_timeout(Some(Duration::from_millis(self.redis.response_timeout_ms)));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .exec_async(&mut conn)
+            .await?;
+        Ok(conn)
+    }
+
+    fn on_push(self: &Arc<Self>, number: u64, push: PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    let mut state = self.state();
+                    for key in keys {
+                        if let Value::BulkString(key) = key {
+                            state.invalidate(key);
+                        }
+                    }
+                }
+                // After FLUSHALL / FLUSHDB, or a key Redis could not name.
+                _ => self.state().invalidate_all(),
+            },
+            PushKind::Disconnection => self.lost(number),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn a_read_overtaken_by_an_invalidation_is_not_kept() {
+        let mut state = State::default();
+        state.begin_read("k");
+        state.invalidate(b"k");
+        state.end_read("k", Some(b"old"), 10);
+        assert_eq!(state.get("k"), None);
+        // The next read is kept.
+        state.begin_read("k");
+        state.end_read("k", Some(b"new"), 10);
+        assert_eq!(state.get("k").as_deref(), Some(&b"new"[..]));
+        // And dropped by the next invalidation.
+        state.invalidate(b"k");
+        assert_eq!(state.get("k"), None);
+    }
+
+    #[test]
+    fn concurrent_reads_of_a_key_share_the_mark() {
+        let mut state = State::default();
+        state.begin_read("k");
+        state.begin_read("k");
+        state.invalidate(b"k");
+        state.end_read("k", Some(b"a"), 10);
+        state.end_read("k", Some(b"b"), 10);
+        assert_eq!(state.get("k"), None);
+        assert!(state.reading.is_empty());
+    }
+
+    #[test]
+    fn a_lost_connection_drops_everything_and_marks_reads_in_flight() {
+        let mut state = State::default();
+        state.begin_read("a");
+        state.end_read("a", Some(b"1"), 10);
+        state.begin_read("b");
+        state.invalidate_all();
+        state.end_read("b", Some(b"2"), 10);
+        assert_eq!(state.get("a"), None);
+        assert_eq!(state.get("b"), None);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_size() {
+        let mut state = State::default();
+        for i in 0..5 {
+            let key = format!("k{i}");
+            state.begin_read(&key);
+            state.end_read(&key, Some(b"d"), 3);
+        }
+        assert_eq!(state.entries.len(), 3);
+        // A missing document is not kept.
+        state.begin_read("gone");
+        state.end_read("gone", None, 3);
+        assert_eq!(state.get("gone"), None);
+    }
+}
