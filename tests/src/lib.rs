@@ -449,6 +449,13 @@ impl Stack {
         response.json().await.expect("a JSON body")
     }
 
+    /// GETs `path` without a key, asserts a 200 and returns its body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), StatusCode::OK, "GET {path}");
+        response.text().await.expect("a text body")
+    }
+
     /// Submits and asserts 202; returns the status monitor's path.
     pub async fn submit_ok(&self, body: &Value) -> String {
         let response = self.submit(body).await;

@@ -292,15 +292,7 @@ async fn an_expired_job_answers_410_while_its_tombstone_lasts() {
 
 /// `arr_poll_cache_total{result}` from the facade's metrics.
 async fn poll_cache_count(stack: &Stack, result: &str) -> u64 {
-    let text = stack
-        .http
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.get_text("/metrics").await;
     let series = format!("arr_poll_cache_total{{result=\"{result}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(series.as_str()))
