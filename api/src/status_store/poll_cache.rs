@@ -246,15 +246,15 @@ impl Inner {
         doc
     }
 
-    /// Turns the cache off for good when Redis answered the connection's set-up with an error
-    /// (no RESP3, no tracking); a connection that failed otherwise is tried again by the next
-    /// miss.
+    /// Turns the cache off for good when Redis cannot do what it needs (`HELLO 3` or `CLIENT
+    /// TRACKING` unknown, RESP3 refused); a connection that failed otherwise (Redis down,
+    /// loading, out of clients) is tried again by the next miss.
     fn refusal(&self, e: &redis::RedisError) {
-        if matches!(
-            e.kind(),
-            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-        ) && !self.refused.swap(true, Ordering::Relaxed)
-        {
+        let text = e.to_string();
+        let unsupported = text.contains("NOPROTO")
+            || text.to_ascii_lowercase().contains("unknown command")
+            || text.to_ascii_lowercase().contains("unknown subcommand");
+        if unsupported && !self.refused.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %e, "Redis refused client tracking: every poll reads Redis");
         }
     }
