@@ -36,8 +36,9 @@ use shared::keys::field;
 use super::StoreError;
 use crate::io::Io;
 
-/// Longest time an entry is served (a bound should an invalidation ever not come).
-const MAX_AGE: Duration = Duration::from_secs(60);
+/// Longest time an entry is served: the bound should invalidations stop without the connection
+/// saying so (a network that drops packets silently, until the reply timeout notices).
+const MAX_AGE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct PollCache {
