@@ -228,11 +228,16 @@ impl StatusStore {
         let Some(cache) = self.poll_cache.as_ref().filter(|c| c.enabled()) else {
             return self.document(id).await;
         };
-        match cache.document(&self.keys.job(id)).await {
+        let id = *id;
+        match cache.document(&self.keys.job(&id)).await {
             Ok(Some(doc)) => Ok(Lookup::Found(doc)),
-            // No document: the usual path tells an expired job from an unknown one. And if
-            // the cache's connection failed, this thread's connection may still work.
-            Ok(None) | Err(_) => self.document(id).await,
+            // No document: tell an expired job from an unknown one, as `document` does.
+            Ok(None) => {
+                self.with_conn(|store, mut conn| async move { store.missing(&mut conn, &id).await })
+                    .await
+            }
+            // The cache's connection failed; this thread's connection may still work.
+            Err(_) => self.document(&id).await,
         }
     }
 

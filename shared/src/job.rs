@@ -30,8 +30,12 @@ impl JobId {
     /// built with this rather than `format!`, which grows its string piece by piece (the key
     /// and the paths of every job and poll cost about 2k instructions each that way).
     pub fn push_to(&self, out: &mut String) {
-        let mut buf = [0u8; ID_LEN];
-        out.push_str(self.0.hyphenated().encode_lower(&mut buf));
+        out.push_str(self.encode(&mut [0; ID_LEN]));
+    }
+
+    /// The id's one spelling (lower-case, hyphenated), written into `buf`.
+    fn encode<'b>(&self, buf: &'b mut [u8; ID_LEN]) -> &'b str {
+        self.0.hyphenated().encode_lower(buf)
     }
 
     /// The status monitor's path, `/v1/jobs/{id}`.
@@ -69,8 +73,7 @@ impl Default for JobId {
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Always the lower-case hyphenated form, so a key or URL has one spelling.
-        let mut buf = [0u8; ID_LEN];
-        f.write_str(self.0.hyphenated().encode_lower(&mut buf))
+        f.write_str(self.encode(&mut [0; ID_LEN]))
     }
 }
 
@@ -88,8 +91,7 @@ impl FromStr for JobId {
             return Err(InvalidJobId);
         }
         let id = Uuid::try_parse(s).map(JobId).map_err(|_| InvalidJobId)?;
-        let mut buf = [0u8; ID_LEN];
-        if id.0.hyphenated().encode_lower(&mut buf) == s {
+        if id.encode(&mut [0; ID_LEN]) == s {
             Ok(id)
         } else {
             Err(InvalidJobId)

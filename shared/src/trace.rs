@@ -88,29 +88,17 @@ impl TraceContext {
 
     /// The trace id as [`Self::trace_id`] writes it, formatted where it is written (a log
     /// field) instead of into a `String` first.
-    pub fn trace_id_hex(&self) -> impl fmt::Display {
-        TraceIdHex(self.trace_id)
-    }
-}
-
-/// A trace id as 32 lowercase hex digits.
-struct TraceIdHex(u128);
-
-impl fmt::Display for TraceIdHex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(Hex::<32>::new(self.0).as_str())
+    pub fn trace_id_hex(&self) -> Hex<32> {
+        Hex::new(self.trace_id)
     }
 }
 
 /// `00-<trace id>-<span id>-<flags>`.
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("00-")?;
-        f.write_str(Hex::<32>::new(self.trace_id).as_str())?;
-        f.write_str("-")?;
-        f.write_str(Hex::<16>::new(u128::from(self.span_id)).as_str())?;
-        f.write_str("-")?;
-        f.write_str(Hex::<2>::new(u128::from(self.flags)).as_str())
+        let span_id = Hex::<16>::new(u128::from(self.span_id));
+        let flags = Hex::<2>::new(u128::from(self.flags));
+        write!(f, "00-{}-{span_id}-{flags}", self.trace_id_hex())
     }
 }
 

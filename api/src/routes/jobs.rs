@@ -84,18 +84,18 @@ pub async fn status(
         None => store.poll_document(&id).await?,
     };
     let mut bytes = found(read)?;
+    let mut doc = decode(&bytes)?;
     let mut applied = None;
     if let (Some(wait), Some(watch)) = (wait, watch) {
-        let status = decode(&bytes)?.status;
         // Wait only if the client has seen this state: a stale If-None-Match, or none at
         // all, compares against the state as it is now.
         let seen = if_none_match_is_stale(&req, &bytes);
-        if !status.is_terminal() && !seen {
-            bytes = wait_for(&store, &id, watch, Until::StatusChanges(status), wait).await?;
+        if !doc.status.is_terminal() && !seen {
+            bytes = wait_for(&store, &id, watch, Until::StatusChanges(doc.status), wait).await?;
+            doc = decode(&bytes)?;
         }
         applied = Some(wait);
     }
-    let doc = decode(&bytes)?;
     let retry = state.estimates.policy_for(&doc).await;
     let query = state.location_query(&caller, &id);
     let mut response = status_answer(&req, &doc, bytes, &retry, query.as_deref());
