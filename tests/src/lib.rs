@@ -456,6 +456,15 @@ impl Stack {
         response.text().await.expect("a text body")
     }
 
+    /// `arr_poll_cache_total{result}` from the facade's metrics (0 before the first).
+    pub async fn poll_cache_count(&self, result: &str) -> u64 {
+        let text = self.get_text("/metrics").await;
+        let series = format!("arr_poll_cache_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    }
+
     /// Submits and asserts 202; returns the status monitor's path.
     pub async fn submit_ok(&self, body: &Value) -> String {
         let response = self.submit(body).await;

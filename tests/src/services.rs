@@ -131,8 +131,13 @@ fn wait_ports_closed_blocking(ports: &[u16], timeout: Duration) -> bool {
 }
 
 fn signal_kill(pid: u32) {
+    signal(pid, "-KILL");
+}
+
+/// Sends `signal` (`-KILL`, `-STOP`, …) to `pid`.
+fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -669,6 +674,17 @@ impl PrivateRedis {
         }
     }
 
+    /// Stops the server with SIGSTOP: its connections stay open, nothing answers on them (a
+    /// server that hangs, or a peer gone without a reset). [`thaw`](Self::thaw) resumes it.
+    pub fn freeze(&self) {
+        signal(self.pid.expect("redis is not running"), "-STOP");
+    }
+
+    /// Resumes a server stopped by [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        signal(self.pid.expect("redis is not running"), "-CONT");
+    }
+
     /// Kills the server with SIGKILL and waits until it is gone.
     pub fn kill9(&mut self) {
         let pid = self.pid.take().expect("redis is not running");
@@ -685,6 +701,8 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let pid = self.pid.take().or_else(|| read_pid(&self.pid_file()));
         if let Some(pid) = pid.filter(|&pid| pid_alive(pid)) {
+            // A frozen server would not answer the shutdown.
+            signal(pid, "-CONT");
             let out = self.dir.join("cli.out");
             let _ = run_bounded(
                 self.cli(&["shutdown", "nosave"]),

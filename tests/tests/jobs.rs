@@ -290,29 +290,20 @@ async fn an_expired_job_answers_410_while_its_tombstone_lasts() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 }
 
-/// `arr_poll_cache_total{result}` from the facade's metrics.
-async fn poll_cache_count(stack: &Stack, result: &str) -> u64 {
-    let text = stack.get_text("/metrics").await;
-    let series = format!("arr_poll_cache_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series.as_str()))
-        .map_or(0, |n| n.trim().parse().unwrap())
-}
-
 #[tokio::test]
 async fn polls_of_an_unchanged_job_are_answered_from_the_facade_and_see_each_change() {
     // No worker: the job stays queued until this test writes its document, as a worker would.
     let stack = Stack::start_with("pollcache", StackOptions::default().workers(0)).await;
     let location = stack.submit_ok(&json!({"type": "echo", "input": 1})).await;
     let id = job_id(&location).to_owned();
-    let hits = poll_cache_count(&stack, "hit").await;
+    let hits = stack.poll_cache_count("hit").await;
     let first = stack.status_doc(&location).await;
     assert_eq!(first["status"], "queued");
     for _ in 0..5 {
         assert_eq!(stack.status_doc(&location).await, first);
     }
     assert!(
-        poll_cache_count(&stack, "hit").await >= hits + 5,
+        stack.poll_cache_count("hit").await >= hits + 5,
         "repeated polls of an unchanged job did not come from the cache"
     );
 

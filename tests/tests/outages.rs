@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::services::PrivateRedis;
 use e2e::{free_port, Stack, StackOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -111,4 +112,56 @@ async fn an_unroutable_publish_is_a_503_and_the_facade_heals() {
     let (ready, _) = stack.queue_info().await.expect("queue declared again");
     assert_eq!(ready, 1);
     assert_eq!(stack.status_doc(&location).await["status"], "queued");
+}
+
+/// A Redis that stops answering without closing its connections (frozen here with SIGSTOP)
+/// sends the facade no invalidations, and while every poll is answered from the poll cache no
+/// read would fail either. The cache's heartbeat must notice and drop what it kept: polls are
+/// then refused (503) instead of answered with documents nobody vouches for any more, and are
+/// answered again once Redis is back.
+#[tokio::test]
+async fn a_redis_that_stops_answering_empties_the_poll_cache() {
+    let redis = PrivateRedis::start().await;
+    let stack = Stack::start_with(
+        "frozenredis",
+        StackOptions::default()
+            .workers(0)
+            .env("APP__REDIS__URL", redis.url())
+            .env("APP__REDIS__RESPONSE_TIMEOUT_MS", 500)
+            .env("APP__REDIS__CONNECTION_TIMEOUT_MS", 500),
+    )
+    .await;
+    let location = stack.submit_ok(&json!({"type": "echo", "input": 1})).await;
+    let first = stack.status_doc(&location).await;
+    assert_eq!(first["status"], "queued");
+    let hits = stack.poll_cache_count("hit").await;
+    assert_eq!(stack.status_doc(&location).await, first);
+    assert!(
+        stack.poll_cache_count("hit").await > hits,
+        "the second poll did not come from the cache"
+    );
+
+    redis.freeze();
+    // The heartbeat (every second) and its reply timeout (0.5 s here), with room to spare.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let started = Instant::now();
+    let poll = stack.http.get(stack.url(&location)).send().await;
+    redis.thaw();
+    let poll = poll.unwrap();
+    assert!(started.elapsed() < NO_HANG);
+    assert_503(poll).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let poll = stack.http.get(stack.url(&location)).send().await.unwrap();
+        if poll.status() == StatusCode::ACCEPTED {
+            assert_eq!(stack.status_doc(&location).await, first);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "polls not answered after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
