@@ -122,9 +122,11 @@ impl Consumer {
                     let (publisher, acks) = (publisher.clone(), acks.clone());
                     let received = Instant::now().into_std();
                     acks.received(delivery.delivery_tag);
+                    // The job gives its slot back when its handler returns (see `run_job`).
                     running.spawn(async move {
-                        processor.handle(delivery, publisher, acks, received).await;
-                        drop(permit);
+                        processor
+                            .handle(delivery, publisher, acks, received, permit)
+                            .await;
                     });
                 }
                 Some(Err(e)) => break Err(e.into()),

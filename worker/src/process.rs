@@ -31,6 +31,7 @@ use shared::trace::TraceContext;
 use shared::{
     JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument, Tenant,
 };
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::acks::Acks;
@@ -114,15 +115,19 @@ impl Processor {
 
     /// Handles one delivery; `publisher` is a confirm-mode channel for retries and dead letters,
     /// `acks` settles deliveries on the consume channel, `received` when the delivery arrived
-    /// (its consumer-timeout clock started about then).
+    /// (its consumer-timeout clock started about then), `slot` one of the `worker.concurrency`
+    /// slots, given back as soon as the job's handler returns.
     pub async fn handle(
         &self,
         delivery: Delivery,
         publisher: Channel,
         acks: Acks,
         received: Instant,
+        slot: OwnedSemaphorePermit,
     ) {
-        let settle = self.process(&delivery, &publisher, &acks, received).await;
+        let settle = self
+            .process(&delivery, &publisher, &acks, received, slot)
+            .await;
         let tag = delivery.delivery_tag;
         let result = match settle {
             Settle::Done => return,
@@ -150,6 +155,7 @@ impl Processor {
         publisher: &Channel,
         acks: &Acks,
         received: Instant,
+        slot: OwnedSemaphorePermit,
     ) -> Settle {
         let message: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
@@ -190,7 +196,7 @@ impl Processor {
                 trace_id = %trace.trace_id_hex()
             )
         };
-        this.run_job(message, delivery, publisher, acks, received)
+        this.run_job(message, delivery, publisher, acks, received, slot)
             .instrument(span)
             .await
     }
@@ -202,6 +208,7 @@ impl Processor {
         publisher: &Channel,
         acks: &Acks,
         received: Instant,
+        slot: OwnedSemaphorePermit,
     ) -> Settle {
         let id = message.id;
         let (spec, running, cancel) = match self.begin(&message).await {
@@ -245,6 +252,15 @@ impl Processor {
             .await;
         drop(cancel);
         metrics::IN_FLIGHT.dec();
+        // The handler is done: its slot takes the next delivery while this job stores its
+        // outcome and is acknowledged. `worker.concurrency` bounds the handlers running at
+        // once, not the jobs in their last Redis write: holding the slot through that write
+        // made every job's round trip to Redis part of the cap on a worker's throughput. The
+        // jobs still finishing stay within the prefetch (they are not acknowledged yet), and a
+        // shutdown waits for them like any running job. (A job's document says `running`
+        // until that write lands, so for that moment one more job than `concurrency` can show
+        // as running.)
+        drop(slot);
         metrics::RUN_TIME
             .with_label_values(&[spec.name])
             .observe(run_started.elapsed().as_secs_f64());
