@@ -258,8 +258,8 @@ impl Processor {
         // made every job's round trip to Redis part of the cap on a worker's throughput. The
         // jobs still finishing stay within the prefetch (they are not acknowledged yet), and a
         // shutdown waits for them like any running job. (A job's document says `running`
-        // until that write lands, so for that moment one more job than `concurrency` can show
-        // as running.)
+        // until that write lands, so for that moment a worker's jobs shown as running can
+        // outnumber `concurrency`: by as many as are storing their outcome.)
         drop(slot);
         metrics::RUN_TIME
             .with_label_values(&[spec.name])
