@@ -459,10 +459,8 @@ impl Stack {
     /// `arr_poll_cache_total{result}` from the facade's metrics (0 before the first).
     pub async fn poll_cache_count(&self, result: &str) -> u64 {
         let text = self.get_text("/metrics").await;
-        let series = format!("arr_poll_cache_total{{result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(series.as_str()))
-            .map_or(0, |n| n.trim().parse().expect("a count"))
+        let series = format!("arr_poll_cache_total{{result=\"{result}\"}}");
+        metric_sample(&text, &series).map_or(0, |n| n as u64)
     }
 
     /// Submits and asserts 202; returns the status monitor's path.
@@ -598,6 +596,15 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition (labels in the order
+/// written).
+pub fn metric_sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 /// The id at the end of a status monitor path.

@@ -2,17 +2,9 @@
 
 use std::time::Duration;
 
-use e2e::{free_port, Stack, StackOptions};
+use e2e::{free_port, metric_sample as sample, Stack, StackOptions};
 use reqwest::StatusCode;
 use serde_json::json;
-
-/// The value of the sample `name{labels}` in a text exposition (labels in the order written).
-fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 /// The text exposition of the worker listening for metrics on `port`.
 async fn worker_metrics(stack: &Stack, port: u16) -> String {

@@ -290,11 +290,7 @@ impl Inner {
 
     /// Whether connection `number` is the one in use.
     async fn is_current(&self, number: u64) -> bool {
-        self.conn
-            .lock()
-            .await
-            .as_ref()
-            .is_some_and(|(current, _)| *current == number)
+        holds(&*self.conn.lock().await, number)
     }
 
     /// Connection `number` is gone or failed: drops everything kept and the connection (the
@@ -302,7 +298,7 @@ impl Inner {
     fn lost(self: &Arc<Self>, number: u64) {
         self.state().invalidate_all();
         let clear = move |slot: &mut Option<(u64, MultiplexedConnection)>| {
-            if slot.as_ref().is_some_and(|(current, _)| *current == number) {
+            if holds(slot, number) {
                 *slot = None;
             }
         };
@@ -369,6 +365,11 @@ impl Inner {
             _ => {}
         }
     }
+}
+
+/// Whether `slot` holds connection `number`.
+fn holds(slot: &Option<(u64, MultiplexedConnection)>, number: u64) -> bool {
+    slot.as_ref().is_some_and(|(current, _)| *current == number)
 }
 
 /// Pings tracking connection `number` every `HEARTBEAT` until it is replaced or dropped (or the
