@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # Multi-stage build of the two binaries of the service:
 #   api     - the HTTP facade (default command)
 #   worker  - the job consumer (`docker run IMAGE worker`)
@@ -7,43 +5,52 @@
 # Configuration defaults are compiled in (config/default.toml); override any key
 # with an environment variable APP__<SECTION>__<KEY>, e.g. APP__AMQP__URL,
 # APP__REDIS__URL, APP__HTTP__PORT, APP__WORKER__CONCURRENCY.
+#
+# The base images are build arguments, e.g. for a mirror or a pinned digest:
+#   docker build --build-arg RUST_IMAGE=registry.example/rust:1-bookworm .
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+############################ manifests ############################
+# Only the workspace's manifests and lock file, in their places. The builder copies this
+# stage's files in one layer, and that layer (and the dependency build on top of it) is
+# reused for as long as no Cargo.toml and no Cargo.lock changes.
+FROM scratch AS manifests
+COPY Cargo.toml Cargo.lock /src/
+COPY shared/Cargo.toml /src/shared/
+COPY api/Cargo.toml    /src/api/
+COPY worker/Cargo.toml /src/worker/
+COPY client/Cargo.toml /src/client/
+COPY bench/Cargo.toml  /src/bench/
+COPY tests/Cargo.toml  /src/tests/
 
 ############################ builder ############################
-FROM rust:1-bookworm AS builder
+FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
 # --- dependency-caching layer -------------------------------------------------
-# Copy only the manifests and the lock file, give every workspace member a stub
-# target and build: this layer (all crates.io dependencies compiled) is reused
-# as long as no Cargo.toml / Cargo.lock changes.
-COPY Cargo.toml Cargo.lock ./
-COPY shared/Cargo.toml shared/Cargo.toml
-COPY api/Cargo.toml    api/Cargo.toml
-COPY worker/Cargo.toml worker/Cargo.toml
-COPY tests/Cargo.toml  tests/Cargo.toml
-RUN mkdir -p shared/src api/src worker/src tests/src \
- && echo '' > shared/src/lib.rs \
- && echo '' > tests/src/lib.rs \
- && echo 'fn main() {}' > api/src/main.rs \
- && echo 'fn main() {}' > worker/src/main.rs \
+# Every workspace member gets a stub of each target its manifest names, so cargo can load the
+# workspace and compile all crates.io dependencies of the two binaries.
+COPY --from=manifests /src/ /src/
+RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src tests/src \
+ && for lib in shared client tests; do echo '' > $lib/src/lib.rs; done \
+ && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs; do echo 'fn main() {}' > $bin; done \
  && cargo build --release --locked --bin api --bin worker \
- && rm -rf shared/src api/src worker/src tests/src
+ && rm -rf shared/src api/src worker/src client/src bench/src tests/src
 
 # --- the real build -----------------------------------------------------------
-COPY config config
-COPY shared shared
-COPY api api
-COPY worker worker
-COPY tests tests
+# The whole context (.dockerignore keeps out target/, .git/ and what no build reads), so a new
+# workspace member needs no change here.
+COPY . .
 # COPY keeps the files' original mtimes, which can be older than the stub build's
 # artifacts; touch the workspace sources so cargo rebuilds the workspace crates.
-RUN find shared api worker tests config -type f -exec touch {} + \
+RUN find shared api worker client bench tests config -type f -exec touch {} + \
  && cargo build --release --locked --bin api --bin worker \
  && install -D -m 0755 target/release/api    /out/api \
  && install -D -m 0755 target/release/worker /out/worker
 
 ############################ runtime ############################
-FROM debian:bookworm-slim AS runtime
+FROM ${RUNTIME_IMAGE} AS runtime
 
 # ca-certificates: amqps:// and rediss:// endpoints; curl: container healthchecks.
 RUN apt-get update \

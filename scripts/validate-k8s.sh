@@ -405,6 +405,21 @@ def check_consistency(objs, is_overlay):
         if key not in (secrets[name].get("data") or {}) and not optional:
             problems.append(f"{where}: Secret {name!r} has no key {key!r}")
 
+    # A workload that an autoscaler owns must not name a replica count of its own: every
+    # `kubectl apply` would set the count back to it (scaling a busy deployment down) until
+    # the autoscaler reacts again.
+    scaled = {}
+    for kind in ("HorizontalPodAutoscaler", "ScaledObject"):
+        for oname, o in by_kind.get(kind, {}).items():
+            ref = o.get("spec", {}).get("scaleTargetRef", {})
+            if ref.get("kind", "Deployment") == "Deployment":
+                scaled[ref.get("name")] = f"{kind}/{oname}"
+    for target, owner in scaled.items():
+        if target in deployments and "replicas" in deployments[target]["spec"]:
+            problems.append(f"Deployment/{target}: sets spec.replicas, but {owner} owns the count")
+        elif target in deployments:
+            notes.append(f"Deployment/{target}: no spec.replicas ({owner} owns the count)")
+
     for name, d in deployments.items():
         where = f"Deployment/{name}"
         template = d["spec"]["template"]
