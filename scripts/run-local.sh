@@ -23,7 +23,7 @@ log() { printf 'run-local: %s\n' "$*" >&2; }
 bash scripts/services.sh
 
 log "building release binaries"
-cargo build --release --bin api --bin worker
+cargo build --release --locked --bin api --bin worker
 
 pids=()
 names=()
@@ -94,16 +94,67 @@ on_exit() {
 trap 'on_signal || :' INT TERM HUP
 trap on_exit EXIT
 
+# port_taken PORT: true when something on this machine already accepts connections on PORT.
+port_taken() {
+  # shellcheck disable=SC2016 # $1 is expanded by the inner bash
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
+}
+
+# healthz: true once the facade answers GET /healthz with 200.
+healthz() {
+  local host="$http_host"
+  [[ "$host" == "0.0.0.0" || "$host" == "::" ]] && host=127.0.0.1
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS -o /dev/null --max-time 2 "http://${host}:${APP__HTTP__PORT}/healthz" 2>/dev/null
+  else
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 3 bash -c 'exec 3<>"/dev/tcp/$1/$2"; printf "GET /healthz HTTP/1.0\r\nHost: $1\r\n\r\n" >&3; head -n 1 <&3 | grep -q " 200 "' \
+      _ "$host" "$APP__HTTP__PORT" 2>/dev/null
+  fi
+}
+
+if port_taken "$APP__HTTP__PORT"; then
+  log "ERROR: port $APP__HTTP__PORT is taken by another process; set APP__HTTP__PORT to a free one"
+  exit 1
+fi
+
 start api target/release/api
 for ((i = 1; i <= worker_count; i++)); do
   # Each worker serves its Prometheus metrics on a port of its own: 9091, 9092, ...
-  start "worker-$i" env APP__WORKER__METRICS_PORT=$((9090 + i)) target/release/worker
+  metrics_port=$((9090 + i))
+  if port_taken "$metrics_port"; then
+    log "WARNING: worker-$i's metrics port $metrics_port is taken by another process: that worker runs without GET /metrics (free the port, or stop the other process)"
+  fi
+  start "worker-$i" env APP__WORKER__METRICS_PORT="$metrics_port" target/release/worker
 done
 if ((stopping)); then
   stop_children # a signal came while the processes were being started
 fi
 
-cat >&2 <<MSG
+# The banner only once the facade answers, so that a curl copied from it works; a facade that
+# exits first (a bad setting) ends the script with its status instead.
+deadline=$((SECONDS + 60))
+until ((stopping)) || healthz; do
+  if ! kill -0 "${pids[0]}" 2>/dev/null; then
+    set +e; wait "${pids[0]}"; api_status=$?; set -e
+    log "ERROR: the facade exited (status $api_status) before it answered /healthz; see its log above"
+    pids=("${pids[@]:1}"); names=("${names[@]:1}")
+    stop_children
+    wait_children
+    trap - EXIT
+    exit 1
+  fi
+  if ((SECONDS >= deadline)); then
+    log "ERROR: the facade did not answer http://${http_host}:${APP__HTTP__PORT}/healthz within 60 s; stopping"
+    stop_children
+    wait_children
+    trap - EXIT
+    exit 1
+  fi
+  sleep 0.2
+done
+
+((stopping)) || cat >&2 <<MSG
 
 run-local: facade listening on http://${http_host}:${APP__HTTP__PORT} (${worker_count} workers)
 run-local: submit a job:
