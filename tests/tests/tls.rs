@@ -1,0 +1,286 @@
+//! TLS to RabbitMQ (`amqps://`) and Redis (`rediss://`), end to end against a real TLS Redis
+//! (`redis-server --tls-port`) and a real TLS listener on a private RabbitMQ node, with a CA and
+//! certificates each test makes. The servers' certificates name `localhost` only, so a URL that
+//! says `127.0.0.1` is a host name the certificate does not cover.
+//!
+//! - With the CA file configured, the facade and a worker run a job through both TLS links;
+//!   the facade's RESP3 tracking connection (the poll cache) is one of them.
+//! - With no CA file, the system's roots are used: the test CA is not among them, so both
+//!   servers are refused; pointed at the test CA through `SSL_CERT_FILE` (where the OS store
+//!   is read from), the same configuration works, which shows that store is what is read.
+//! - A wrong CA or a wrong host name: `/readyz` is a 503 naming redis and rabbitmq and rustls's
+//!   reason, both processes log it as an error, and a submit gets a 503.
+//! - Mutual TLS: servers that require a client certificate accept the configured one.
+//! - A CA file that cannot be read stops a binary at start, naming the key and the path.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::services::{PrivateRabbit, PrivateRedis, TestCa};
+use e2e::{Stack, StackOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Both binaries pointed at `redis` and `rabbit` over TLS, as `host`.
+fn tls_options(redis: &PrivateRedis, rabbit: &PrivateRabbit, host: &str) -> StackOptions {
+    StackOptions::default()
+        .env("APP__REDIS__URL", redis.tls_url(host))
+        .env("APP__AMQP__URL", rabbit.tls_url(host))
+}
+
+/// The same CA file for both backends.
+fn with_ca(options: StackOptions, ca: &Path) -> StackOptions {
+    let ca = ca.display().to_string();
+    options
+        .env("APP__REDIS__TLS_CA_FILE", &ca)
+        .env("APP__AMQP__TLS_CA_FILE", &ca)
+}
+
+/// Submits an echo job, follows the 303 and checks the result; returns the status monitor.
+async fn run_a_job(stack: &Stack) -> String {
+    let input = json!({"through": "tls", "n": [1, 2, 3]});
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": input}))
+        .await;
+    let done = stack.wait(&location, LONG).await;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_eq!(done.url().path(), format!("{location}/result"));
+    assert_eq!(done.json::<Value>().await.unwrap(), input);
+    let monitor = stack
+        .http_no_redirect
+        .get(stack.url(&location))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(monitor.status(), StatusCode::SEE_OTHER);
+    location
+}
+
+/// Waits (up to 30 s) until /readyz is a 503 whose problem names both backends and `reason`
+/// (the same reason for both, here); returns the body.
+async fn wait_not_ready_because(stack: &Stack, reason: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = stack.http.get(stack.url("/readyz")).send().await;
+        if let Ok(response) = response {
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let detail = body["detail"].as_str().unwrap_or_default();
+            if status == StatusCode::SERVICE_UNAVAILABLE
+                && detail.contains("redis (")
+                && detail.contains("rabbitmq (")
+                && detail.matches(reason).count() >= 2
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: /readyz never named {reason:?} for both backends: {status} {body}",
+                stack.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (up to 30 s) until `label`'s log has an ERROR line naming `backend`, a TLS handshake
+/// and `reason`.
+async fn wait_logged(stack: &Stack, label: &str, backend: &str, reason: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(stack.log_file(label)).unwrap_or_default();
+        let found = log.lines().any(|line| {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                return false;
+            };
+            let message = entry["fields"]["message"].as_str().unwrap_or_default();
+            entry["level"] == "ERROR"
+                && message.starts_with(&format!("{backend}: "))
+                && message.contains("TLS handshake with")
+                && message.contains(reason)
+        });
+        if found {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{label} never logged a TLS error for {backend} with {reason:?}:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A stack that must not become ready for `reason`: /readyz names it, both processes log it,
+/// a submit is refused.
+async fn assert_refused(stack: &Stack, reason: &str) {
+    let body = wait_not_ready_because(stack, reason).await;
+    for backend in ["redis", "rabbitmq"] {
+        let check = &body["checks"][backend];
+        assert_eq!(check["status"], "down", "{body}");
+        let error = check["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("TLS handshake with") && error.contains(reason),
+            "{backend}: {error}"
+        );
+    }
+    for backend in ["redis", "rabbitmq"] {
+        wait_logged(stack, "api", backend, reason).await;
+    }
+    for backend in ["redis", "rabbitmq"] {
+        wait_logged(stack, "worker1", backend, reason).await;
+    }
+    let submit = stack.submit(&json!({"type": "echo", "input": 1})).await;
+    assert_eq!(submit.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(submit.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn jobs_run_through_tls_with_the_configured_ca_or_the_system_roots() {
+    let ca = TestCa::new("good");
+    let server = ca.server("server", &["localhost"], false);
+    let redis = PrivateRedis::start_tls(&server).await;
+    let rabbit = PrivateRabbit::start_tls(&server).await;
+
+    // The CA file configured for both backends.
+    let stack = Stack::start_with(
+        "tls-ca",
+        with_ca(tls_options(&redis, &rabbit, "localhost"), &ca.ca_file()),
+    )
+    .await;
+    let ready = stack.get_json("/readyz").await;
+    assert_eq!(ready["status"], "ready");
+    let location = run_a_job(&stack).await;
+    // Polls of an unchanged job are served by the poll cache, whose RESP3 tracking connection
+    // is a TLS one too (a poll falls back to a plain read when it fails): a hit means it
+    // connected and tracks.
+    for _ in 0..5 {
+        let response = stack
+            .http_no_redirect
+            .get(stack.url(&location))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    }
+    assert!(
+        stack.poll_cache_count("hit").await > 0,
+        "no poll was served by the tracking connection"
+    );
+    drop(stack);
+
+    // No CA file: the system's roots, read from where SSL_CERT_FILE says (the test CA).
+    let stack = Stack::start_with(
+        "tls-roots",
+        tls_options(&redis, &rabbit, "localhost").env("SSL_CERT_FILE", ca.ca_file().display()),
+    )
+    .await;
+    run_a_job(&stack).await;
+}
+
+#[tokio::test]
+async fn a_wrong_ca_a_wrong_host_name_or_an_unknown_issuer_is_a_clear_503() {
+    let ca = TestCa::new("right");
+    let other = TestCa::new("other");
+    let server = ca.server("server", &["localhost"], false);
+    let redis = PrivateRedis::start_tls(&server).await;
+    let rabbit = PrivateRabbit::start_tls(&server).await;
+
+    // A CA file of another CA.
+    let stack = Stack::start_with(
+        "tls-wrong-ca",
+        with_ca(tls_options(&redis, &rabbit, "localhost"), &other.ca_file()).no_wait(),
+    )
+    .await;
+    assert_refused(&stack, "UnknownIssuer").await;
+    drop(stack);
+
+    // The right CA, but a host name the certificate does not cover.
+    let stack = Stack::start_with(
+        "tls-wrong-name",
+        with_ca(tls_options(&redis, &rabbit, "127.0.0.1"), &ca.ca_file()).no_wait(),
+    )
+    .await;
+    assert_refused(&stack, "not valid for name").await;
+    drop(stack);
+
+    // No CA file: the system's roots, which do not hold the test CA (verification is on).
+    let stack = Stack::start_with(
+        "tls-no-ca",
+        tls_options(&redis, &rabbit, "localhost").no_wait(),
+    )
+    .await;
+    assert_refused(&stack, "UnknownIssuer").await;
+}
+
+#[tokio::test]
+async fn mutual_tls_offers_the_configured_client_certificate() {
+    let ca = TestCa::new("mtls");
+    let server = ca.server("server", &["localhost"], true);
+    let client = ca.issue("client", &["arr-client"], true);
+    let redis = PrivateRedis::start_tls(&server).await;
+    let rabbit = PrivateRabbit::start_tls(&server).await;
+
+    let (cert, key) = (client.cert.display(), client.key.display());
+    let stack = Stack::start_with(
+        "tls-mutual",
+        with_ca(tls_options(&redis, &rabbit, "localhost"), &ca.ca_file())
+            .env("APP__REDIS__TLS_CERT_FILE", &cert)
+            .env("APP__REDIS__TLS_KEY_FILE", &key)
+            .env("APP__AMQP__TLS_CERT_FILE", &cert)
+            .env("APP__AMQP__TLS_KEY_FILE", &key),
+    )
+    .await;
+    run_a_job(&stack).await;
+    drop(stack);
+
+    // Without it, neither server lets the facade in.
+    let stack = Stack::start_with(
+        "tls-no-client-cert",
+        with_ca(tls_options(&redis, &rabbit, "localhost"), &ca.ca_file()).no_wait(),
+    )
+    .await;
+    stack.wait_alive().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = stack.http.get(stack.url("/readyz")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value = response.json().await.unwrap();
+        if body["checks"]["redis"]["status"] == "down"
+            && body["checks"]["rabbitmq"]["status"] == "down"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_tls_file_stops_both_binaries_at_start_naming_it() {
+    for binary in ["api", "worker"] {
+        let output = std::process::Command::new(e2e::bin(binary))
+            .env("APP__REDIS__URL", "rediss://localhost:6380/0")
+            .env("APP__REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")
+            .output()
+            .expect("run the binary");
+        assert_eq!(output.status.code(), Some(2), "{binary}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("redis.tls_ca_file: cannot read /nonexistent/ca.pem"),
+            "{binary}: {stderr}"
+        );
+        // A CA file for a backend whose URL is not a TLS one would be ignored: refused.
+        let output = std::process::Command::new(e2e::bin(binary))
+            .env("APP__AMQP__TLS_CA_FILE", "/etc/hostname")
+            .output()
+            .expect("run the binary");
+        assert_eq!(output.status.code(), Some(2), "{binary}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("amqp.tls_ca_file: /etc/hostname holds no PEM certificate"),
+            "{binary}: {stderr}"
+        );
+    }
+}
