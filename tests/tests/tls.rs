@@ -95,7 +95,7 @@ async fn wait_logged(stack: &Stack, label: &str, backend: &str, reason: &str) {
             let Ok(entry) = serde_json::from_str::<Value>(line) else {
                 return false;
             };
-            let message = entry["fields"]["message"].as_str().unwrap_or_default();
+            let message = entry["message"].as_str().unwrap_or_default();
             entry["level"] == "ERROR"
                 && message.starts_with(&format!("{backend}: "))
                 && message.contains("TLS handshake with")
