@@ -259,6 +259,7 @@ async fn mutual_tls_offers_the_configured_client_certificate() {
 
 #[tokio::test]
 async fn an_unreadable_tls_file_stops_both_binaries_at_start_naming_it() {
+    let ca = TestCa::new("config");
     for binary in ["api", "worker"] {
         let output = std::process::Command::new(e2e::bin(binary))
             .env("APP__REDIS__URL", "rediss://localhost:6380/0")
@@ -271,8 +272,9 @@ async fn an_unreadable_tls_file_stops_both_binaries_at_start_naming_it() {
             stderr.contains("redis.tls_ca_file: cannot read /nonexistent/ca.pem"),
             "{binary}: {stderr}"
         );
-        // A CA file for a backend whose URL is not a TLS one would be ignored: refused.
+        // A file that holds no certificate.
         let output = std::process::Command::new(e2e::bin(binary))
+            .env("APP__AMQP__URL", "amqps://guest:guest@localhost:5671/%2f")
             .env("APP__AMQP__TLS_CA_FILE", "/etc/hostname")
             .output()
             .expect("run the binary");
@@ -280,6 +282,18 @@ async fn an_unreadable_tls_file_stops_both_binaries_at_start_naming_it() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains("amqp.tls_ca_file: /etc/hostname holds no PEM certificate"),
+            "{binary}: {stderr}"
+        );
+        // A CA file for a backend whose URL is not a TLS one would be ignored, and the
+        // connection left in clear: refused.
+        let output = std::process::Command::new(e2e::bin(binary))
+            .env("APP__REDIS__TLS_CA_FILE", ca.ca_file())
+            .output()
+            .expect("run the binary");
+        assert_eq!(output.status.code(), Some(2), "{binary}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("redis.tls_* files are set, but redis.url redis://127.0.0.1:6379/0 is not rediss://"),
             "{binary}: {stderr}"
         );
     }
