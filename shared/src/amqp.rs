@@ -141,7 +141,7 @@ fn is_tls(url: &str) -> bool {
 
 /// An `amqps://` connection through `connector`, verified against the URL's host.
 async fn connect_tls(url: &str, connector: RustlsConnector) -> Result<Connection, Failure> {
-    let uri: AMQPUri = url.parse().map_err(|e| Failure::from(format!("{e}")))?;
+    let uri: AMQPUri = url.parse().map_err(Failure::from)?;
     let endpoint = format!("{}:{}", uri.authority.host, uri.authority.port);
     let runtime = lapin::runtime::default_runtime().map_err(|e| Failure::from(e.to_string()))?;
     let handshake_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -287,51 +287,35 @@ impl Settings {
     }
 
     /// Reads the TLS files each backend names (at start: a missing or invalid file is a
-    /// configuration error naming the key and the path), and refuses files for a backend whose
-    /// URLs are not all TLS ones: they would be ignored, and the connection left in clear.
+    /// configuration error naming the key and the path).
     fn read_tls_files(&mut self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
-        self.amqp.tls = TlsFiles::read(&TlsPaths {
-            section: "amqp",
-            ca_file: &amqp.tls_ca_file,
-            cert_file: &amqp.tls_cert_file,
-            key_file: &amqp.tls_key_file,
-        })
-        .map_err(ConfigError)?;
-        if self.amqp.tls.is_set() {
-            if let Some(plain) = self.amqp.urls().iter().find(|u| !u.starts_with("amqps://")) {
-                return Err(ConfigError(format!(
-                    "amqp.tls_* files are set, but amqp.url {} is not amqps://",
-                    redact_url(plain)
-                )));
-            }
-        }
+        let urls = amqp.urls();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        self.amqp.tls = tls_files(
+            TlsPaths {
+                section: "amqp",
+                ca_file: &amqp.tls_ca_file,
+                cert_file: &amqp.tls_cert_file,
+                key_file: &amqp.tls_key_file,
+            },
+            ("amqp.url", &urls, "amqps://"),
+        )?;
         let redis = &self.redis;
-        self.redis.tls = TlsFiles::read(&TlsPaths {
-            section: "redis",
-            ca_file: &redis.tls_ca_file,
-            cert_file: &redis.tls_cert_file,
-            key_file: &redis.tls_key_file,
-        })
-        .map_err(ConfigError)?;
-        if self.redis.tls.is_set() {
-            let key = if self.redis.is_cluster() {
-                "redis.cluster_urls"
-            } else {
-                "redis.url"
-            };
-            if let Some(plain) = self
-                .redis
-                .urls()
-                .iter()
-                .find(|u| !u.starts_with("rediss://"))
-            {
-                return Err(ConfigError(format!(
-                    "redis.tls_* files are set, but {key} {} is not rediss://",
-                    redact_url(plain)
-                )));
-            }
-        }
+        let key = if redis.is_cluster() {
+            "redis.cluster_urls"
+        } else {
+            "redis.url"
+        };
+        self.redis.tls = tls_files(
+            TlsPaths {
+                section: "redis",
+                ca_file: &redis.tls_ca_file,
+                cert_file: &redis.tls_cert_file,
+                key_file: &redis.tls_key_file,
+            },
+            (key, &redis.urls(), "rediss://"),
+        )?;
         Ok(())
     }
 
@@ -386,6 +370,25 @@ impl Settings {
         self.cors.check().map_err(ConfigError)?;
         Ok(())
     }
+}
+
+/// The TLS files `paths` name, refused when `urls` (the value of `key`) are not all of the TLS
+/// `scheme`: they would be ignored, and the connection left in clear.
+fn tls_files(
+    paths: TlsPaths<'_>,
+    (key, urls, scheme): (&str, &[&str], &str),
+) -> Result<TlsFiles, ConfigError> {
+    let files = TlsFiles::read(&paths).map_err(ConfigError)?;
+    if files.is_set() {
+        if let Some(plain) = urls.iter().find(|u| !u.starts_with(scheme)) {
+            return Err(ConfigError(format!(
+                "{}.tls_* files are set, but {key} {} is not {scheme}",
+                paths.section,
+                redact_url(plain)
+            )));
+        }
+    }
+    Ok(files)
 }
 
 /// `scheme://user:***@host/…` for logs.

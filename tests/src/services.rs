@@ -605,6 +605,20 @@ impl PrivateRedis {
     /// Like [`start`](Self::start), with more `redis-server` arguments, on a port not in
     /// `taken` (nor `taken` + 10000: a cluster node also listens on its port + 10000).
     pub async fn start_with_args(args: &[&str], taken: &[u16]) -> PrivateRedis {
+        Self::start_with(args, taken, None).await
+    }
+
+    /// A server with a TLS port besides the plain one (which the start-up check uses), serving
+    /// `tls`'s certificate; clients must show one signed by `tls.ca` if `tls.verify_clients`.
+    pub async fn start_tls(tls: &TlsServerFiles) -> PrivateRedis {
+        Self::start_with(&[], &[], Some(tls)).await
+    }
+
+    async fn start_with(
+        args: &[&str],
+        taken: &[u16],
+        tls: Option<&TlsServerFiles>,
+    ) -> PrivateRedis {
         let mut failures = Vec::new();
         for _ in 0..3 {
             let port = loop {
@@ -613,38 +627,11 @@ impl PrivateRedis {
                     break port;
                 }
             };
-            let mut redis = PrivateRedis {
-                dir: fresh_dir("redis"),
-                port,
-                tls_port: None,
-                pid: None,
-                extra_args: args.iter().map(|a| a.to_string()).collect(),
-            };
-            match redis.launch().await {
-                Ok(()) => return redis,
-                Err(e) => failures.push(e),
-            }
-        }
-        panic!(
-            "private Redis did not start:\n{}",
-            failures.join("\n----\n")
-        );
-    }
-
-    /// A server with a TLS port besides the plain one (which the start-up check uses), serving
-    /// `tls`'s certificate; clients must show one signed by `tls.ca` if `tls.verify_clients`.
-    pub async fn start_tls(tls: &TlsServerFiles) -> PrivateRedis {
-        let mut failures = Vec::new();
-        for _ in 0..3 {
-            let port = spare_port(&[]);
-            let tls_port = spare_port(&[port]);
-            let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
-            let mut redis = PrivateRedis {
-                dir: fresh_dir("redis"),
-                port,
-                tls_port: Some(tls_port),
-                pid: None,
-                extra_args: vec![
+            let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let tls_port = tls.map(|tls| {
+                let tls_port = spare_port(&[taken, &[port, port + 10000]].concat());
+                let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+                extra_args.extend([
                     "--tls-port".into(),
                     tls_port.to_string(),
                     "--tls-cert-file".into(),
@@ -655,7 +642,15 @@ impl PrivateRedis {
                     path(&tls.ca),
                     "--tls-auth-clients".into(),
                     if tls.verify_clients { "yes" } else { "no" }.into(),
-                ],
+                ]);
+                tls_port
+            });
+            let mut redis = PrivateRedis {
+                dir: fresh_dir("redis"),
+                port,
+                tls_port,
+                pid: None,
+                extra_args,
             };
             match redis.launch().await {
                 Ok(()) => return redis,
@@ -663,7 +658,7 @@ impl PrivateRedis {
             }
         }
         panic!(
-            "private TLS Redis did not start:\n{}",
+            "private Redis did not start:\n{}",
             failures.join("\n----\n")
         );
     }
@@ -834,7 +829,18 @@ impl PrivateRedisCluster {
     /// Starts three cluster-enabled servers, joins them and waits (up to 30 s) until every
     /// node reports `cluster_state:ok`.
     pub async fn start() -> PrivateRedisCluster {
-        let args = [
+        Self::start_with(None).await
+    }
+
+    /// Like [`start`](Self::start), each node with a TLS port as well (see
+    /// [`PrivateRedis::start_tls`]) and TLS on the cluster bus, so that the nodes tell TLS
+    /// clients their TLS ports.
+    pub async fn start_tls(tls: &TlsServerFiles) -> PrivateRedisCluster {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<&TlsServerFiles>) -> PrivateRedisCluster {
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-node-timeout",
@@ -843,10 +849,17 @@ impl PrivateRedisCluster {
             "--appendonly",
             "no",
         ];
+        if tls.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         let mut nodes: Vec<PrivateRedis> = Vec::new();
         for _ in 0..3 {
-            let taken: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-            nodes.push(PrivateRedis::start_with_args(&args, &taken).await);
+            let taken: Vec<u16> = nodes
+                .iter()
+                .flat_map(|n| [Some(n.port), n.tls_port])
+                .flatten()
+                .collect();
+            nodes.push(PrivateRedis::start_with(&args, &taken, tls).await);
         }
         let cluster = PrivateRedisCluster { nodes };
         let mut create = Command::new("redis-cli");
@@ -882,6 +895,15 @@ impl PrivateRedisCluster {
             }
         }
         cluster
+    }
+
+    /// The nodes' `rediss://` URLs, comma-separated.
+    pub fn tls_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("rediss://127.0.0.1:{}", n.tls_port.expect("a TLS port")))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The nodes' URLs, comma-separated (the form of `APP__REDIS__CLUSTER_URLS`).

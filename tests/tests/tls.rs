@@ -16,7 +16,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use e2e::services::{PrivateRabbit, PrivateRedis, TestCa};
+use e2e::services::{PrivateRabbit, PrivateRedis, PrivateRedisCluster, TestCa};
 use e2e::{Stack, StackOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -187,31 +187,48 @@ async fn a_wrong_ca_a_wrong_host_name_or_an_unknown_issuer_is_a_clear_503() {
     let redis = PrivateRedis::start_tls(&server).await;
     let rabbit = PrivateRabbit::start_tls(&server).await;
 
-    // A CA file of another CA.
-    let stack = Stack::start_with(
-        "tls-wrong-ca",
-        with_ca(tls_options(&redis, &rabbit, "localhost"), &other.ca_file()).no_wait(),
-    )
-    .await;
-    assert_refused(&stack, "UnknownIssuer").await;
-    drop(stack);
+    let cases = [
+        // A CA file of another CA.
+        (
+            "tls-wrong-ca",
+            with_ca(tls_options(&redis, &rabbit, "localhost"), &other.ca_file()),
+            "UnknownIssuer",
+        ),
+        // The right CA, but a host name the certificate does not cover.
+        (
+            "tls-wrong-name",
+            with_ca(tls_options(&redis, &rabbit, "127.0.0.1"), &ca.ca_file()),
+            "not valid for name",
+        ),
+        // No CA file: the system's roots, which do not hold the test CA (verification is on).
+        (
+            "tls-no-ca",
+            tls_options(&redis, &rabbit, "localhost"),
+            "UnknownIssuer",
+        ),
+    ];
+    for (name, options, reason) in cases {
+        let stack = Stack::start_with(name, options.no_wait()).await;
+        assert_refused(&stack, reason).await;
+    }
+}
 
-    // The right CA, but a host name the certificate does not cover.
+#[tokio::test]
+async fn a_redis_cluster_is_reached_through_tls() {
+    let ca = TestCa::new("cluster");
+    // The nodes announce themselves by IP address: the certificate must name it.
+    let server = ca.server("server", &["localhost", "127.0.0.1"], false);
+    let cluster = PrivateRedisCluster::start_tls(&server).await;
     let stack = Stack::start_with(
-        "tls-wrong-name",
-        with_ca(tls_options(&redis, &rabbit, "127.0.0.1"), &ca.ca_file()).no_wait(),
+        "tls-cluster",
+        StackOptions::default()
+            .env("APP__REDIS__CLUSTER_URLS", cluster.tls_urls())
+            .env("APP__REDIS__TLS_CA_FILE", ca.ca_file().display())
+            // Only the harness reads this (to clean up): never the shared Redis.
+            .env("APP__REDIS__URL", cluster.nodes[0].url()),
     )
     .await;
-    assert_refused(&stack, "not valid for name").await;
-    drop(stack);
-
-    // No CA file: the system's roots, which do not hold the test CA (verification is on).
-    let stack = Stack::start_with(
-        "tls-no-ca",
-        tls_options(&redis, &rabbit, "localhost").no_wait(),
-    )
-    .await;
-    assert_refused(&stack, "UnknownIssuer").await;
+    run_a_job(&stack).await;
 }
 
 #[tokio::test]
@@ -257,44 +274,55 @@ async fn mutual_tls_offers_the_configured_client_certificate() {
     }
 }
 
+/// Runs `binary` with `env`; asserts it stops at start with exit code 2 and that its stderr
+/// says `message`.
+fn assert_refused_at_start(binary: &str, env: &[(&str, &str)], message: &str) {
+    let output = std::process::Command::new(e2e::bin(binary))
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{binary}: {stderr}");
+    assert!(stderr.contains(message), "{binary}: {stderr}");
+}
+
 #[tokio::test]
 async fn an_unreadable_tls_file_stops_both_binaries_at_start_naming_it() {
     let ca = TestCa::new("config");
+    let ca_file = ca.ca_file().display().to_string();
     for binary in ["api", "worker"] {
-        let output = std::process::Command::new(e2e::bin(binary))
-            .env("APP__REDIS__URL", "rediss://localhost:6380/0")
-            .env("APP__REDIS__TLS_CA_FILE", "/nonexistent/ca.pem")
-            .output()
-            .expect("run the binary");
-        assert_eq!(output.status.code(), Some(2), "{binary}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("redis.tls_ca_file: cannot read /nonexistent/ca.pem"),
-            "{binary}: {stderr}"
+        assert_refused_at_start(
+            binary,
+            &[
+                ("APP__REDIS__URL", "rediss://localhost:6380/0"),
+                ("APP__REDIS__TLS_CA_FILE", "/nonexistent/ca.pem"),
+            ],
+            "redis.tls_ca_file: cannot read /nonexistent/ca.pem",
         );
         // A file that holds no certificate.
-        let output = std::process::Command::new(e2e::bin(binary))
-            .env("APP__AMQP__URL", "amqps://guest:guest@localhost:5671/%2f")
-            .env("APP__AMQP__TLS_CA_FILE", "/etc/hostname")
-            .output()
-            .expect("run the binary");
-        assert_eq!(output.status.code(), Some(2), "{binary}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("amqp.tls_ca_file: /etc/hostname holds no PEM certificate"),
-            "{binary}: {stderr}"
+        assert_refused_at_start(
+            binary,
+            &[
+                ("APP__AMQP__URL", "amqps://guest:guest@localhost:5671/%2f"),
+                ("APP__AMQP__TLS_CA_FILE", "/etc/hostname"),
+            ],
+            "amqp.tls_ca_file: /etc/hostname holds no PEM certificate",
         );
-        // A CA file for a backend whose URL is not a TLS one would be ignored, and the
+        // A certificate without its key.
+        assert_refused_at_start(
+            binary,
+            &[
+                ("APP__AMQP__URL", "amqps://guest:guest@localhost:5671/%2f"),
+                ("APP__AMQP__TLS_CERT_FILE", &ca_file),
+            ],
+            "amqp.tls_cert_file and amqp.tls_key_file must be set together",
+        );
+        // TLS files for a backend whose URL is not a TLS one would be ignored, and the
         // connection left in clear: refused.
-        let output = std::process::Command::new(e2e::bin(binary))
-            .env("APP__REDIS__TLS_CA_FILE", ca.ca_file())
-            .output()
-            .expect("run the binary");
-        assert_eq!(output.status.code(), Some(2), "{binary}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains("redis.tls_* files are set, but redis.url redis://127.0.0.1:6379/0 is not rediss://"),
-            "{binary}: {stderr}"
+        assert_refused_at_start(
+            binary,
+            &[("APP__REDIS__TLS_CA_FILE", &ca_file)],
+            "redis.tls_* files are set, but redis.url redis://127.0.0.1:6379/0 is not rediss://",
         );
     }
 }
