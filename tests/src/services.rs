@@ -981,11 +981,16 @@ impl TestCa {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, label);
-        params.extended_key_usages = vec![if client {
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        // A server certificate is a client one too: a Redis Cluster node presents it to the
+        // other nodes on the TLS cluster bus, and they check that it may.
+        params.extended_key_usages = if client {
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
         } else {
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth
-        }];
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("certificate");
         let files = CertFiles {
