@@ -99,7 +99,11 @@ impl Nodes {
             let attempt = async {
                 match (&self.tls, is_tls(url)) {
                     (Some(Ok(connector)), true) => connect_tls(url, connector.clone()).await,
-                    (Some(Err(e)), true) => Err(Failure::from(e.clone())),
+                    // No roots to verify with: as much a TLS setup to fix as a bad CA.
+                    (Some(Err(e)), true) => Err(Failure {
+                        message: e.clone(),
+                        tls: true,
+                    }),
                     _ => Connection::connect(url, ConnectionProperties::default())
                         .await
                         .map_err(|e| Failure::from(e.to_string())),

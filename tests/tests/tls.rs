@@ -265,7 +265,9 @@ async fn mutual_tls_offers_the_configured_client_certificate() {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body: Value = response.json().await.unwrap();
         // Redis says why in the handshake; RabbitMQ closes the connection after it.
-        let redis_error = body["checks"]["redis"]["error"].as_str().unwrap_or_default();
+        let redis_error = body["checks"]["redis"]["error"]
+            .as_str()
+            .unwrap_or_default();
         if redis_error.contains("CertificateRequired")
             && body["checks"]["rabbitmq"]["status"] == "down"
         {
