@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
-use shared::amqp::Nodes;
+use shared::amqp::{ConnectError, Nodes};
 use shared::configuration::AmqpSettings;
 use shared::publish::{publish_confirmed, Outgoing, PublishError};
 use shared::topology;
@@ -28,14 +28,29 @@ const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 pub enum BrokerError {
     #[error("cannot connect to the broker: {0}")]
     Connect(String),
+    #[error("cannot connect to the broker: {0}")]
+    Unreachable(#[from] ConnectError),
     #[error("the broker connection failed: {0}")]
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
     Io(#[from] IoStopped),
-    #[error("the broker is unreachable (retrying shortly)")]
-    BackingOff,
+    /// Within `RECONNECT_BACKOFF` of a failed attempt: why that attempt failed.
+    #[error("the broker is unreachable (retrying shortly): {reason}")]
+    BackingOff { reason: String, tls: bool },
+}
+
+impl BrokerError {
+    /// Whether a TLS handshake (a certificate, a host name) is why the broker cannot be
+    /// reached: a configuration to fix, not a broker still starting.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            BrokerError::Unreachable(e) => e.is_tls(),
+            BrokerError::BackingOff { tls, .. } => *tls,
+            _ => false,
+        }
+    }
 }
 
 struct Link {
@@ -48,8 +63,19 @@ struct Link {
 struct Slot {
     link: Option<Arc<Link>>,
     last_failure: Option<Instant>,
+    /// Why the last attempt failed, and whether TLS is why (for requests in the back-off).
+    last_error: String,
+    last_tls: bool,
     /// The queue must be declared again before the next publish (it was found missing).
     redeclare: bool,
+}
+
+impl Slot {
+    fn failed(&mut self, error: String, tls: bool) {
+        self.last_failure = Some(Instant::now());
+        self.last_error = error;
+        self.last_tls = tls;
+    }
 }
 
 #[derive(Clone)]
@@ -89,7 +115,10 @@ impl Broker {
             .last_failure
             .is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF)
         {
-            return Err(BrokerError::BackingOff);
+            return Err(BrokerError::BackingOff {
+                reason: slot.last_error.clone(),
+                tls: slot.last_tls,
+            });
         }
         // Each node gets the connect timeout; setting up the channel on the node that answered
         // gets it once more.
@@ -97,8 +126,9 @@ impl Broker {
         let (connection, node) = match self.nodes.connect().await {
             Ok(connected) => connected,
             Err(e) => {
-                slot.last_failure = Some(Instant::now());
-                return Err(BrokerError::Connect(e.to_string()));
+                // Kept for the requests in the back-off, so they say why as well.
+                slot.failed(e.to_string(), e.is_tls());
+                return Err(e.into());
             }
         };
         match tokio::time::timeout(timeout, Self::set_up(connection, &self.settings)).await {
@@ -111,11 +141,11 @@ impl Broker {
                 Ok(channel)
             }
             Ok(Err(e)) => {
-                slot.last_failure = Some(Instant::now());
+                slot.failed(e.to_string(), false);
                 Err(BrokerError::Connect(e.to_string()))
             }
             Err(_) => {
-                slot.last_failure = Some(Instant::now());
+                slot.failed("timed out".into(), false);
                 Err(BrokerError::Connect("timed out".into()))
             }
         }

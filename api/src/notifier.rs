@@ -86,7 +86,7 @@ impl Notifier {
     pub fn new(redis: &RedisSettings, io: Io) -> Result<Self, StoreError> {
         // Fail at start on a malformed URL, as the connection itself is made on first use.
         if !redis.is_cluster() {
-            redis::Client::open(redis.url.as_str())?;
+            shared::redis_conn::client(redis.url.as_str(), redis)?;
         }
         Ok(Notifier {
             inner: Arc::new(Inner {

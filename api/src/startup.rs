@@ -80,13 +80,20 @@ impl Application {
         let store = StatusStore::new(&settings.redis, &settings.jobs, io.clone())?;
         let broker = Broker::new(settings.amqp.clone(), io.clone());
         // Connect now so the first request does not pay for it; failures are retried lazily.
+        // A TLS failure (a certificate or host name to fix) is an error, said at once.
         {
             let broker = broker.clone();
             io.spawn(async move {
-                if let Err(e) = broker.check().await {
-                    tracing::warn!(error = %e, "broker not reachable at start; will retry");
+                match broker.check().await {
+                    Err(e) if e.is_tls() => tracing::error!("rabbitmq: {e}; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "broker not reachable at start; will retry")
+                    }
+                    Ok(()) => {}
                 }
             });
+            let redis = settings.redis.clone();
+            io.spawn(async move { shared::redis_conn::log_reachability(&redis).await });
         }
         let notifier = Notifier::new(&settings.redis, io.clone())?;
         let keyring = Keyring::new(&settings.auth).map_err(StartupError::Config)?;

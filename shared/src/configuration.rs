@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub use crate::access::LimitSettings;
 use crate::access::{AuthSettings, CorsSettings, SigningSettings};
 use crate::job_types::JobTypeSpec;
+use crate::tls::{TlsFiles, TlsPaths};
 use crate::webhooks::WebhookSettings;
 
 /// The defaults file, as shipped in the repository.
@@ -46,6 +47,17 @@ pub struct AmqpSettings {
     pub retry_max_delay_ms: u64,
     pub delivery_limit: u32,
     pub consumer_timeout_seconds: u64,
+    /// TLS (`amqps://`): a CA file instead of the system's roots, and a client certificate and
+    /// key for mutual TLS; empty: not set (see `crate::tls`).
+    #[serde(default)]
+    pub tls_ca_file: String,
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
+    /// The files above, read by [`Settings::load`].
+    #[serde(skip)]
+    pub tls: TlsFiles,
 }
 
 // The URL carries the broker password: never print it.
@@ -63,6 +75,8 @@ impl std::fmt::Debug for AmqpSettings {
             .field("queue", &self.queue)
             .field("queue_type", &self.queue_type)
             .field("prefetch", &self.prefetch)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +114,15 @@ pub struct RedisSettings {
     /// `status_store::poll_cache`); 0 turns the cache off.
     #[serde(default)]
     pub poll_cache_entries: usize,
+    /// TLS (`rediss://`): as in [`AmqpSettings`].
+    #[serde(default)]
+    pub tls_ca_file: String,
+    #[serde(default)]
+    pub tls_cert_file: String,
+    #[serde(default)]
+    pub tls_key_file: String,
+    #[serde(skip)]
+    pub tls: TlsFiles,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -115,6 +138,8 @@ impl std::fmt::Debug for RedisSettings {
                     .map(|u| redact_url(u))
                     .collect::<Vec<_>>(),
             )
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +148,15 @@ impl RedisSettings {
     /// Whether Redis is a cluster (`cluster_urls` lists nodes).
     pub fn is_cluster(&self) -> bool {
         !self.cluster_urls.is_empty()
+    }
+
+    /// The URLs connections are made to: the cluster's nodes, or `url`.
+    pub fn urls(&self) -> Vec<&str> {
+        if self.is_cluster() {
+            self.cluster_urls.iter().map(String::as_str).collect()
+        } else {
+            vec![self.url.as_str()]
+        }
     }
 }
 
@@ -228,7 +262,7 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(File::from(path).required(true));
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .add_source(
                 Environment::with_prefix("APP")
                     .prefix_separator("__")
@@ -248,7 +282,41 @@ impl Settings {
             .and_then(Config::try_deserialize)
             .map_err(|e| ConfigError(e.to_string()))?;
         settings.check()?;
+        settings.read_tls_files()?;
         Ok(settings)
+    }
+
+    /// Reads the TLS files each backend names (at start: a missing or invalid file is a
+    /// configuration error naming the key and the path).
+    fn read_tls_files(&mut self) -> Result<(), ConfigError> {
+        let amqp = &self.amqp;
+        let urls = amqp.urls();
+        let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+        self.amqp.tls = tls_files(
+            TlsPaths {
+                section: "amqp",
+                ca_file: &amqp.tls_ca_file,
+                cert_file: &amqp.tls_cert_file,
+                key_file: &amqp.tls_key_file,
+            },
+            ("amqp.url", &urls, "amqps://"),
+        )?;
+        let redis = &self.redis;
+        let key = if redis.is_cluster() {
+            "redis.cluster_urls"
+        } else {
+            "redis.url"
+        };
+        self.redis.tls = tls_files(
+            TlsPaths {
+                section: "redis",
+                ca_file: &redis.tls_ca_file,
+                cert_file: &redis.tls_cert_file,
+                key_file: &redis.tls_key_file,
+            },
+            (key, &redis.urls(), "rediss://"),
+        )?;
+        Ok(())
     }
 
     /// [`load`](Self::load) for a binary's `main`: on an invalid configuration it prints why on
@@ -302,6 +370,25 @@ impl Settings {
         self.cors.check().map_err(ConfigError)?;
         Ok(())
     }
+}
+
+/// The TLS files `paths` name, refused when `urls` (the value of `key`) are not all of the TLS
+/// `scheme`: they would be ignored, and the connection left in clear.
+fn tls_files(
+    paths: TlsPaths<'_>,
+    (key, urls, scheme): (&str, &[&str], &str),
+) -> Result<TlsFiles, ConfigError> {
+    let files = TlsFiles::read(&paths).map_err(ConfigError)?;
+    if files.is_set() {
+        if let Some(plain) = urls.iter().find(|u| !u.starts_with(scheme)) {
+            return Err(ConfigError(format!(
+                "{}.tls_* files are set, but {key} {} is not {scheme}",
+                paths.section,
+                redact_url(plain)
+            )));
+        }
+    }
+    Ok(files)
 }
 
 /// `scheme://user:***@host/…` for logs.

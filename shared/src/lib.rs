@@ -16,6 +16,7 @@ pub mod redis_conn;
 pub mod telemetry;
 pub mod tenant;
 pub mod timestamp;
+pub mod tls;
 pub mod topology;
 pub mod trace;
 pub mod webhooks;

@@ -18,6 +18,10 @@
 //! - Pub/sub is cluster-wide in Redis (a message published on any node reaches subscribers on
 //!   every node), so subscribers take a plain connection to one node: [`pubsub`] tries the
 //!   configured nodes in turn.
+//!
+//! TLS: a `rediss://` URL (every node's, on a cluster) connects through rustls, verified
+//! against the system's roots or `redis.tls_ca_file` (see `crate::tls`); [`client`] is where
+//! every Redis client of both binaries is made, so none of them can miss the CA file.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +31,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{Arg, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    Arg, Cmd, ConnectionAddr, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+};
 use tokio::sync::OnceCell;
 
 use crate::configuration::{redact_url, RedisSettings};
@@ -73,7 +79,12 @@ impl RedisConn {
         let response_timeout = Duration::from_millis(settings.response_timeout_ms);
         let connection_timeout = Duration::from_millis(settings.connection_timeout_ms);
         if settings.is_cluster() {
-            let client = ClusterClientBuilder::new(settings.cluster_urls.clone())
+            let mut builder = ClusterClientBuilder::new(settings.cluster_urls.clone());
+            if let Some(certificates) = settings.tls.redis() {
+                crate::tls::install_crypto_provider();
+                builder = builder.certs(certificates);
+            }
+            let client = builder
                 .connection_timeout(connection_timeout)
                 .response_timeout(response_timeout)
                 .retries(retries.count as u32)
@@ -84,7 +95,7 @@ impl RedisConn {
                 conn: OnceCell::new(),
             })));
         }
-        let client = redis::Client::open(settings.url.as_str())?;
+        let client = client(settings.url.as_str(), settings)?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(response_timeout))
             .set_connection_timeout(Some(connection_timeout))
@@ -132,6 +143,73 @@ impl ConnectionLike for RedisConn {
             RedisConn::Single(conn) => conn.get_db(),
             // A cluster has database 0 only.
             RedisConn::Cluster(_) => 0,
+        }
+    }
+}
+
+/// A client for `info` (`url`, or a node of `cluster_urls`, maybe with settings changed) with
+/// the TLS files of `settings` when it is a `rediss://` one.
+pub fn client(
+    info: impl IntoConnectionInfo,
+    settings: &RedisSettings,
+) -> RedisResult<redis::Client> {
+    let info = info.into_connection_info()?;
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return redis::Client::open(info);
+    }
+    crate::tls::install_crypto_provider();
+    match settings.tls.redis() {
+        Some(certificates) => redis::Client::build_with_tls(info, certificates),
+        None => redis::Client::open(info),
+    }
+}
+
+/// Where `settings` connect (`host:port`, several on a cluster), for messages.
+pub fn endpoints(settings: &RedisSettings) -> String {
+    let endpoint = |url: &str| match url.into_connection_info().map(|info| info.addr().clone()) {
+        Ok(ConnectionAddr::Tcp(host, port)) | Ok(ConnectionAddr::TcpTls { host, port, .. }) => {
+            format!("{host}:{port}")
+        }
+        _ => redact_url(url),
+    };
+    let all: Vec<String> = settings.urls().into_iter().map(endpoint).collect();
+    all.join(", ")
+}
+
+/// `error`, met on a connection `settings` describe, as an operator should read it ("TLS
+/// handshake with 127.0.0.1:6390 failed: invalid peer certificate: UnknownIssuer"), and
+/// whether TLS is what failed (a certificate or a name to fix, not a server still starting).
+pub fn describe(
+    settings: &RedisSettings,
+    error: &(dyn std::error::Error + 'static),
+) -> (String, bool) {
+    let tls = crate::tls::tls_cause(error).is_some();
+    (crate::tls::describe(error, &endpoints(settings)), tls)
+}
+
+/// Logs whether Redis answers now, for a binary that starts: an error when TLS is why it does
+/// not (that will not heal by itself), a warning otherwise. Connections keep being retried
+/// either way; this only says early what the first requests or jobs would meet.
+pub async fn log_reachability(settings: &RedisSettings) {
+    let retries = Retries {
+        count: 0,
+        max_delay: Duration::from_millis(100),
+    };
+    let ping = async {
+        let mut conn = RedisConn::open(settings, retries)?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    };
+    let wait = Duration::from_millis(settings.connection_timeout_ms + settings.response_timeout_ms);
+    match tokio::time::timeout(wait, ping).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => match describe(settings, &e) {
+            (message, true) => tracing::error!("redis: {message}; retrying"),
+            (message, false) => {
+                tracing::warn!(error = %message, "redis not reachable at start; will retry")
+            }
+        },
+        Err(_) => {
+            tracing::warn!(endpoint = %endpoints(settings), "redis did not answer at start; will retry")
         }
     }
 }
@@ -211,13 +289,13 @@ fn key_of(cmd: &Cmd) -> Option<Vec<u8>> {
 /// answers (classic pub/sub reaches every node of a cluster).
 pub async fn pubsub(settings: &RedisSettings) -> RedisResult<redis::aio::PubSub> {
     if !settings.is_cluster() {
-        return redis::Client::open(settings.url.as_str())?
+        return client(settings.url.as_str(), settings)?
             .get_async_pubsub()
             .await;
     }
     let mut last = None;
     for url in &settings.cluster_urls {
-        match redis::Client::open(url.as_str()) {
+        match client(url.as_str(), settings) {
             Ok(client) => match client.get_async_pubsub().await {
                 Ok(pubsub) => return Ok(pubsub),
                 Err(e) => {

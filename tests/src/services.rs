@@ -1,5 +1,5 @@
 //! Private RabbitMQ and Redis instances for chaos tests that stop, restart or kill a broker or
-//! Redis. Each fixture starts its own instance on spare loopback ports, with a data folder of
+//! Redis, or that need a TLS listener with certificates a test made ([`TestCa`]). Each fixture starts its own instance on spare loopback ports, with a data folder of
 //! its own, and removes both on drop (also when the test panics). They never talk to the shared
 //! instances on 5672 and 6379: every `rabbitmqctl` call names the private node, every
 //! `redis-cli` call names the private port.
@@ -233,6 +233,8 @@ pub struct PrivateRabbit {
     node: String,
     port: u16,
     dist_port: u16,
+    /// The TLS listener's port, when the node has one.
+    tls_port: Option<u16>,
     /// The node's OS process while it is (believed to be) running.
     pid: Option<u32>,
 }
@@ -248,9 +250,20 @@ impl PrivateRabbit {
     /// Like [`start`](Self::start), with an `advanced.config` (Erlang terms), e.g.
     /// `[{rabbit, [{consumer_timeout, 3000}]}].`
     pub async fn start_with_advanced_config(advanced: Option<&str>) -> PrivateRabbit {
+        Self::start_with(advanced, None).await
+    }
+
+    /// Like [`start`](Self::start), with a TLS listener besides the plain one (which the
+    /// boot check uses), serving `tls`'s certificate; clients are not asked for one unless
+    /// `tls.verify_clients`.
+    pub async fn start_tls(tls: &TlsServerFiles) -> PrivateRabbit {
+        Self::start_with(None, Some(tls)).await
+    }
+
+    async fn start_with(advanced: Option<&str>, tls: Option<&TlsServerFiles>) -> PrivateRabbit {
         let mut failures = Vec::new();
         for _ in 0..3 {
-            let mut rabbit = PrivateRabbit::prepare();
+            let mut rabbit = PrivateRabbit::prepare(tls);
             if let Some(terms) = advanced {
                 fs::write(rabbit.dir.join("advanced.config"), terms).expect("advanced.config");
             }
@@ -265,10 +278,11 @@ impl PrivateRabbit {
         );
     }
 
-    fn prepare() -> PrivateRabbit {
+    fn prepare(tls: Option<&TlsServerFiles>) -> PrivateRabbit {
         let dir = fresh_dir("rabbit");
         let port = spare_port(&[]);
         let dist_port = spare_port(&[port]);
+        let tls_port = tls.map(|_| spare_port(&[port, dist_port]));
         let node = format!(
             "e2e-{}@localhost",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -277,16 +291,42 @@ impl PrivateRabbit {
         fs::create_dir_all(dir.join("log")).expect("log dir");
         fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         // The system config binds 5672: this node gets its own.
-        fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
-        )
-        .expect("rabbitmq.conf");
+        let mut conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        if let (Some(tls), Some(tls_port)) = (tls, tls_port) {
+            // Copied into the node's folder, which user rabbitmq owns (it must read them).
+            let files = dir.join("tls");
+            fs::create_dir_all(&files).expect("tls dir");
+            for (from, to) in [
+                (&tls.cert, "server.pem"),
+                (&tls.key, "server.key"),
+                (&tls.ca, "ca.pem"),
+            ] {
+                fs::copy(from, files.join(to)).expect("copy a TLS file");
+            }
+            let (verify, require) = if tls.verify_clients {
+                ("verify_peer", "true")
+            } else {
+                ("verify_none", "false")
+            };
+            conf.push_str(&format!(
+                "listeners.ssl.local = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = {verify}\n\
+                 ssl_options.fail_if_no_peer_cert = {require}\n",
+                ca = files.join("ca.pem").display(),
+                cert = files.join("server.pem").display(),
+                key = files.join("server.key").display(),
+            ));
+        }
+        fs::write(dir.join("rabbitmq.conf"), conf).expect("rabbitmq.conf");
         let rabbit = PrivateRabbit {
             dir,
             node,
             port,
             dist_port,
+            tls_port,
             pid: None,
         };
         // The server runs as user rabbitmq and must own its folders (else it exits silently).
@@ -307,6 +347,13 @@ impl PrivateRabbit {
     /// The AMQP port of this node.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The `amqps://` URL of this node's TLS listener, naming it `host` (`localhost`, or
+    /// `127.0.0.1` for a certificate that does not cover that name).
+    pub fn tls_url(&self, host: &str) -> String {
+        let port = self.tls_port.expect("the node has no TLS listener");
+        format!("amqps://guest:guest@{host}:{port}/%2f")
     }
 
     /// The Erlang node name (for `rabbitmqctl -n`).
@@ -541,6 +588,8 @@ pub async fn amqp_works(url: &str) -> bool {
 pub struct PrivateRedis {
     dir: PathBuf,
     port: u16,
+    /// The TLS port, when the server has one.
+    tls_port: Option<u16>,
     pid: Option<u32>,
     /// More `redis-server` arguments (e.g. cluster mode).
     extra_args: Vec<String>,
@@ -556,6 +605,20 @@ impl PrivateRedis {
     /// Like [`start`](Self::start), with more `redis-server` arguments, on a port not in
     /// `taken` (nor `taken` + 10000: a cluster node also listens on its port + 10000).
     pub async fn start_with_args(args: &[&str], taken: &[u16]) -> PrivateRedis {
+        Self::start_with(args, taken, None).await
+    }
+
+    /// A server with a TLS port besides the plain one (which the start-up check uses), serving
+    /// `tls`'s certificate; clients must show one signed by `tls.ca` if `tls.verify_clients`.
+    pub async fn start_tls(tls: &TlsServerFiles) -> PrivateRedis {
+        Self::start_with(&[], &[], Some(tls)).await
+    }
+
+    async fn start_with(
+        args: &[&str],
+        taken: &[u16],
+        tls: Option<&TlsServerFiles>,
+    ) -> PrivateRedis {
         let mut failures = Vec::new();
         for _ in 0..3 {
             let port = loop {
@@ -564,11 +627,30 @@ impl PrivateRedis {
                     break port;
                 }
             };
+            let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            let tls_port = tls.map(|tls| {
+                let tls_port = spare_port(&[taken, &[port, port + 10000]].concat());
+                let path = |p: &Path| p.to_str().expect("a UTF-8 path").to_owned();
+                extra_args.extend([
+                    "--tls-port".into(),
+                    tls_port.to_string(),
+                    "--tls-cert-file".into(),
+                    path(&tls.cert),
+                    "--tls-key-file".into(),
+                    path(&tls.key),
+                    "--tls-ca-cert-file".into(),
+                    path(&tls.ca),
+                    "--tls-auth-clients".into(),
+                    if tls.verify_clients { "yes" } else { "no" }.into(),
+                ]);
+                tls_port
+            });
             let mut redis = PrivateRedis {
                 dir: fresh_dir("redis"),
                 port,
+                tls_port,
                 pid: None,
-                extra_args: args.iter().map(|a| a.to_string()).collect(),
+                extra_args,
             };
             match redis.launch().await {
                 Ok(()) => return redis,
@@ -584,6 +666,12 @@ impl PrivateRedis {
     /// The Redis URL of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The `rediss://` URL of this server's TLS port, naming it `host`.
+    pub fn tls_url(&self, host: &str) -> String {
+        let port = self.tls_port.expect("the server has no TLS port");
+        format!("rediss://{host}:{port}/0")
     }
 
     pub fn port(&self) -> u16 {
@@ -741,7 +829,18 @@ impl PrivateRedisCluster {
     /// Starts three cluster-enabled servers, joins them and waits (up to 30 s) until every
     /// node reports `cluster_state:ok`.
     pub async fn start() -> PrivateRedisCluster {
-        let args = [
+        Self::start_with(None).await
+    }
+
+    /// Like [`start`](Self::start), each node with a TLS port as well (see
+    /// [`PrivateRedis::start_tls`]) and TLS on the cluster bus, so that the nodes tell TLS
+    /// clients their TLS ports.
+    pub async fn start_tls(tls: &TlsServerFiles) -> PrivateRedisCluster {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<&TlsServerFiles>) -> PrivateRedisCluster {
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-node-timeout",
@@ -750,10 +849,17 @@ impl PrivateRedisCluster {
             "--appendonly",
             "no",
         ];
+        if tls.is_some() {
+            args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        }
         let mut nodes: Vec<PrivateRedis> = Vec::new();
         for _ in 0..3 {
-            let taken: Vec<u16> = nodes.iter().map(|n| n.port).collect();
-            nodes.push(PrivateRedis::start_with_args(&args, &taken).await);
+            let taken: Vec<u16> = nodes
+                .iter()
+                .flat_map(|n| [Some(n.port), n.tls_port])
+                .flatten()
+                .collect();
+            nodes.push(PrivateRedis::start_with(&args, &taken, tls).await);
         }
         let cluster = PrivateRedisCluster { nodes };
         let mut create = Command::new("redis-cli");
@@ -791,6 +897,15 @@ impl PrivateRedisCluster {
         cluster
     }
 
+    /// The nodes' `rediss://` URLs, comma-separated.
+    pub fn tls_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("rediss://127.0.0.1:{}", n.tls_port.expect("a TLS port")))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The nodes' URLs, comma-separated (the form of `APP__REDIS__CLUSTER_URLS`).
     pub fn urls(&self) -> String {
         self.nodes
@@ -798,5 +913,109 @@ impl PrivateRedisCluster {
             .map(|n| format!("redis://127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS certificates
+// ---------------------------------------------------------------------------------------------
+
+/// A certificate authority made for one test, with the certificates it signs, as PEM files in
+/// a folder of its own (removed on drop).
+pub struct TestCa {
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// The files of a TLS server: its certificate and key, and the CA whose certificates it
+/// trusts from clients.
+#[derive(Clone, Debug)]
+pub struct TlsServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// Whether the server asks clients for a certificate signed by `ca` (mutual TLS).
+    pub verify_clients: bool,
+}
+
+/// A certificate and its key, as files.
+#[derive(Clone, Debug)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA called `name` (its certificate: [`ca_file`](Self::ca_file)).
+    pub fn new(name: &str) -> TestCa {
+        let dir = fresh_dir(&format!("ca-{name}"));
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("e2e test CA {name}"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        fs::write(dir.join("ca.pem"), cert.pem()).expect("write the CA certificate");
+        TestCa {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// The CA's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate signed by this CA for `names` (DNS names or IP addresses), written as
+    /// `<label>.pem` and `<label>.key`; a client certificate when `client`.
+    pub fn issue(&self, label: &str, names: &[&str], client: bool) -> CertFiles {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("certificate params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, label);
+        // A server certificate is a client one too: a Redis Cluster node presents it to the
+        // other nodes on the TLS cluster bus, and they check that it may.
+        params.extended_key_usages = if client {
+            vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth]
+        } else {
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ]
+        };
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        let files = CertFiles {
+            cert: self.dir.join(format!("{label}.pem")),
+            key: self.dir.join(format!("{label}.key")),
+        };
+        fs::write(&files.cert, cert.pem()).expect("write the certificate");
+        fs::write(&files.key, key.serialize_pem()).expect("write the key");
+        files
+    }
+
+    /// A server certificate for `names` and the files a server needs with it.
+    pub fn server(&self, label: &str, names: &[&str], verify_clients: bool) -> TlsServerFiles {
+        let CertFiles { cert, key } = self.issue(label, names, false);
+        TlsServerFiles {
+            cert,
+            key,
+            ca: self.ca_file(),
+            verify_clients,
+        }
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
     }
 }

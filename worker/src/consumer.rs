@@ -58,6 +58,13 @@ impl Consumer {
             }
             match self.session(&mut shutdown).await {
                 Ok(Ended::Shutdown) => return,
+                // A TLS failure (a certificate or host name to fix) will not heal by itself.
+                Err(ConsumeError::Connect(e)) if e.is_tls() => {
+                    tracing::error!(
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "rabbitmq: {e}; retrying"
+                    );
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
                 }

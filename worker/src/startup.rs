@@ -36,6 +36,12 @@ pub async fn run(
         );
     }
     let store = JobStore::new(&settings.redis, &settings.jobs, id.clone())?;
+    // Says at once when Redis cannot be reached (a TLS failure as an error); jobs would only
+    // meet it when they run.
+    tokio::spawn({
+        let redis = settings.redis.clone();
+        async move { shared::redis_conn::log_reachability(&redis).await }
+    });
     let webhooks = crate::webhook::Webhooks::new(&settings);
     let processor = Processor {
         store,

@@ -33,7 +33,7 @@ impl Broker {
             .await
             .link
             .clone()
-            .ok_or(BrokerError::BackingOff)?;
+            .ok_or_else(|| BrokerError::Connect("the connection was lost".into()))?;
         let channel = link._connection.create_channel().await?;
         let declared = channel
             .queue_declare(

@@ -38,26 +38,33 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),
         tokio::time::timeout(CHECK_TIMEOUT, state.broker.check()),
     );
-    let describe = |r: Result<Result<(), String>, _>| match r {
-        Ok(Ok(())) => json!({ "status": "up" }),
-        Ok(Err(e)) => json!({ "status": "down", "error": e }),
-        Err(_) => json!({ "status": "down", "error": "timed out" }),
+    // Each failure as an operator should read it: a TLS handshake that failed names the
+    // server and rustls's reason (an unknown issuer, a name the certificate does not cover).
+    let redis =
+        redis.map(|r| r.map_err(|e| shared::redis_conn::describe(&state.settings.redis, &e).0));
+    let rabbitmq = rabbitmq.map(|r| r.map_err(|e| e.to_string()));
+    let reason = |r: &Result<Result<(), String>, _>| match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.clone()),
+        Err(_) => Some("timed out".to_owned()),
     };
-    let redis_up = matches!(redis, Ok(Ok(())));
-    let rabbitmq_up = matches!(rabbitmq, Ok(Ok(())));
+    let describe = |reason: &Option<String>| match reason {
+        None => json!({ "status": "up" }),
+        Some(e) => json!({ "status": "down", "error": e }),
+    };
+    let (redis_down, rabbitmq_down) = (reason(&redis), reason(&rabbitmq));
     let checks = json!({
-        "redis": describe(redis.map(|r| r.map_err(|e| e.to_string()))),
-        "rabbitmq": describe(rabbitmq.map(|r| r.map_err(|e| e.to_string()))),
+        "redis": describe(&redis_down),
+        "rabbitmq": describe(&rabbitmq_down),
     });
     // Shedding or limiting is not unreadiness: the instance still answers polls.
     let limits = state.limits.report(state.estimates.queue_depth().await);
-    if redis_up && rabbitmq_up {
+    if redis_down.is_none() && rabbitmq_down.is_none() {
         HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks, "limits": limits }))
     } else {
-        let down: Vec<&str> = [("redis", redis_up), ("rabbitmq", rabbitmq_up)]
+        let down: Vec<String> = [("redis", redis_down), ("rabbitmq", rabbitmq_down)]
             .into_iter()
-            .filter(|(_, up)| !up)
-            .map(|(name, _)| name)
+            .filter_map(|(name, reason)| reason.map(|why| format!("{name} ({why})")))
             .collect();
         let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready")
             .detail(format!("unreachable: {}", down.join(", ")))

@@ -320,7 +320,7 @@ impl Inner {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3))?;
+        let client = shared::redis_conn::client(info.set_redis_settings(resp3), &self.redis)?;
         let weak = Arc::downgrade(self);
         // Runs in the connection's task as each push is read, before the replies read after it
         // reach their callers.
