@@ -44,6 +44,7 @@ cleanup() {
     # Keep the base images and the build cache (the next run's dependency layer); drop the
     # untagged images that each new build leaves behind.
     docker image prune -f >/dev/null 2>&1 || true
+    docker builder prune -f --keep-storage 6GB >/dev/null 2>&1 || true
   fi
   engine_stop
   exit "$status"
