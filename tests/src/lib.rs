@@ -394,6 +394,24 @@ impl Stack {
             delay *= 2;
         }
         queues.push(format!("{}.{retry}.{max}", self.queue));
+        // The workers' callbacks queues (see `shared::topology::declare_callback_queues`).
+        let setting = |key: &str, default: u64| {
+            self.setting(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let attempts = setting("APP__WEBHOOKS__MAX_ATTEMPTS", 5);
+        let base = setting("APP__WEBHOOKS__BASE_DELAY_MS", 1000);
+        let max = setting("APP__WEBHOOKS__MAX_DELAY_MS", 60_000);
+        queues.push(format!("{}.callbacks", self.queue));
+        queues.push(format!("{}.callbacks.dead", self.queue));
+        let mut delays: Vec<u64> = (1..attempts.max(2))
+            .map(|attempt| base.saturating_mul(1 << (attempt - 1).min(32)).min(max))
+            .collect();
+        delays.dedup();
+        for delay in delays {
+            queues.push(format!("{}.callbacks.{retry}.{delay}", self.queue));
+        }
         queues
     }
 
