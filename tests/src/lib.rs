@@ -3,6 +3,7 @@
 //! run in parallel), and removes what they left behind when the test ends, pass or fail.
 
 pub mod browser;
+pub mod receiver;
 pub mod services;
 
 use std::net::TcpListener;

@@ -1,6 +1,7 @@
 //! The chaos suite: each scenario owns a RabbitMQ node and a Redis server of its own (spare
 //! ports, removed afterwards) and breaks them while jobs run. Every scenario asserts exact counts
-//! and prints its figures: jobs submitted, terminal, lost, and run more than once.
+//! and prints its figures: jobs submitted, terminal, lost, and run more than once (for the
+//! webhook scenario, lost counts callbacks that never arrived).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::receiver::Receiver;
 use e2e::services::{PrivateRabbit, PrivateRedis};
 use e2e::{job_id, Stack, StackOptions};
 use futures_util::StreamExt;
@@ -466,4 +468,139 @@ async fn a_job_longer_than_the_consumer_timeout_runs_once() {
     .report();
     assert_eq!(runs, 1, "run exactly once: {doc}");
     assert_eq!(doc["attempts"], 1);
+}
+
+#[tokio::test]
+async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
+    const JOBS: usize = 60;
+    // The receiver answers 503 to the first requests of every Webhook-Id, so each callback
+    // spends a while between attempts (in a delay queue, or in a worker's hands).
+    const REFUSED: usize = 2;
+    const MIN_KILLS: usize = 6;
+    const MAX_KILLS: usize = 20;
+    let rabbit = PrivateRabbit::start().await;
+    let redis = PrivateRedis::start().await;
+    let mut receiver = Receiver::start_with(Duration::from_millis(50), |_, before| {
+        if before < REFUSED {
+            503
+        } else {
+            200
+        }
+    })
+    .await;
+    let mut stack = Stack::start_with(
+        "chaos-webhooks",
+        private(&rabbit, &redis)
+            .workers(2)
+            .env("APP__WEBHOOKS__ALLOWED_HOSTS", "127.0.0.1")
+            .env("APP__WEBHOOKS__SECRET", "chaos-secret")
+            .env("APP__WEBHOOKS__MAX_ATTEMPTS", 10)
+            .env("APP__WEBHOOKS__BASE_DELAY_MS", 300)
+            .env("APP__WEBHOOKS__MAX_DELAY_MS", 1200)
+            .env("APP__WEBHOOKS__REQUEST_TIMEOUT_MS", 5000),
+    )
+    .await;
+    let (s, url) = (&stack, receiver.url());
+    let locations: Vec<(usize, String)> = futures_util::stream::iter(0..JOBS)
+        .map(|i| {
+            let url = url.clone();
+            async move {
+                let body = json!({"type": "echo", "input": {"i": i}, "callback_url": url});
+                (i, s.submit_ok(&body).await)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let ids: Vec<String> = locations
+        .iter()
+        .map(|(_, l)| job_id(l).to_owned())
+        .collect();
+
+    // Per Webhook-Id: (requests answered, of which 2xx).
+    let mut tally: HashMap<String, (usize, usize)> = HashMap::new();
+    let count = |receiver: &mut Receiver, tally: &mut HashMap<String, (usize, usize)>| {
+        for request in receiver.drain() {
+            let id = request.header("webhook-id").to_owned();
+            let body = request.json();
+            assert_eq!(body["id"], id.as_str(), "body of another job");
+            assert_eq!(body["status"], "succeeded", "{body}");
+            let entry = tally.entry(id).or_default();
+            entry.0 += 1;
+            if (200..300).contains(&request.answered) {
+                entry.1 += 1;
+            }
+        }
+    };
+    // Kill -9 the oldest worker and start a new one, again and again, while the callbacks go
+    // through their refused attempts and back-offs; stop once every callback has arrived.
+    let mut live: Vec<usize> = vec![0, 1];
+    let mut started = 2;
+    let mut kills = 0;
+    let deadline = Instant::now() + LONG;
+    loop {
+        count(&mut receiver, &mut tally);
+        let arrived = ids
+            .iter()
+            .filter(|id| tally.get(*id).is_some_and(|(_, ok)| *ok > 0))
+            .count();
+        if arrived == JOBS && kills >= MIN_KILLS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {arrived} of {JOBS} callbacks arrived after {kills} kills"
+        );
+        if kills < MAX_KILLS {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            stack.kill_worker(live.remove(0));
+            kills += 1;
+            stack.add_worker();
+            live.push(started);
+            started += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Every status document records its delivery; copies still on their way show up now.
+    for (_, location) in &locations {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let doc = stack.status_doc(location).await;
+            if doc["callback"]["state"] == "delivered" {
+                assert_eq!(doc["status"], "succeeded");
+                break;
+            }
+            assert_ne!(doc["callback"]["state"], "failed", "{doc}");
+            assert!(Instant::now() < deadline, "callback not recorded: {doc}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    count(&mut receiver, &mut tally);
+    let (terminal, again) = settle_all(&stack, &locations, |i, result| {
+        assert_eq!(result, &json!({"i": i}));
+    })
+    .await;
+    let delivered = ids
+        .iter()
+        .filter(|id| tally.get(*id).is_some_and(|(_, ok)| *ok > 0))
+        .count();
+    let duplicates: usize = tally.values().map(|(_, ok)| ok.saturating_sub(1)).sum();
+    let requests: usize = tally.values().map(|(n, _)| n).sum();
+    Figures {
+        scenario: "kill -9 during webhook backoff",
+        submitted: JOBS,
+        terminal,
+        lost: JOBS - delivered,
+        run_more_than_once: again,
+        extra: format!(
+            "callbacks_expected={JOBS} delivered={delivered} duplicates={duplicates} requests={requests} kills={kills}"
+        ),
+    }
+    .report();
+    assert_eq!(tally.len(), JOBS, "callbacks of unknown jobs");
+    assert_eq!(delivered, JOBS);
+    // Each callback was refused REFUSED times before it arrived.
+    assert!(requests >= JOBS * (REFUSED + 1), "{requests} requests");
 }
