@@ -226,7 +226,10 @@ mod tests {
         assert_eq!(retry_queue(&amqp, 1000), "jobs.retry.1000");
         amqp.queue_type = QueueType::Quorum;
         assert_eq!(retry_queue(&amqp, 1000), "jobs.retry-q.1000");
-        assert_eq!(callback_delay_queue(&amqp, 100), "jobs.callbacks.retry-q.100");
+        assert_eq!(
+            callback_delay_queue(&amqp, 100),
+            "jobs.callbacks.retry-q.100"
+        );
     }
 
     #[test]

@@ -84,7 +84,11 @@ impl Receiver {
                         return;
                     };
                     counter.fetch_add(1, Ordering::SeqCst);
-                    let id = request.headers.get("webhook-id").cloned().unwrap_or_default();
+                    let id = request
+                        .headers
+                        .get("webhook-id")
+                        .cloned()
+                        .unwrap_or_default();
                     let before = {
                         let mut seen = seen.lock().unwrap();
                         let n = seen.entry(id).or_default();

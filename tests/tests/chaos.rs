@@ -472,15 +472,16 @@ async fn a_job_longer_than_the_consumer_timeout_runs_once() {
 
 #[tokio::test]
 async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
-    const JOBS: usize = 60;
+    const JOBS: usize = 100;
     // The receiver answers 503 to the first requests of every Webhook-Id, so each callback
-    // spends a while between attempts (in a delay queue, or in a worker's hands).
-    const REFUSED: usize = 2;
-    const MIN_KILLS: usize = 6;
-    const MAX_KILLS: usize = 20;
+    // spends seconds between attempts (in a delay queue, or in a worker's hands), and takes
+    // 200 ms to answer any request, so that kills also land on attempts in flight.
+    const REFUSED: usize = 3;
+    const MIN_KILLS: usize = 10;
+    const MAX_KILLS: usize = 30;
     let rabbit = PrivateRabbit::start().await;
     let redis = PrivateRedis::start().await;
-    let mut receiver = Receiver::start_with(Duration::from_millis(50), |_, before| {
+    let mut receiver = Receiver::start_with(Duration::from_millis(200), |_, before| {
         if before < REFUSED {
             503
         } else {
@@ -494,28 +495,29 @@ async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
             .workers(2)
             .env("APP__WEBHOOKS__ALLOWED_HOSTS", "127.0.0.1")
             .env("APP__WEBHOOKS__SECRET", "chaos-secret")
-            .env("APP__WEBHOOKS__MAX_ATTEMPTS", 10)
-            .env("APP__WEBHOOKS__BASE_DELAY_MS", 300)
-            .env("APP__WEBHOOKS__MAX_DELAY_MS", 1200)
+            .env("APP__WEBHOOKS__MAX_ATTEMPTS", 12)
+            .env("APP__WEBHOOKS__BASE_DELAY_MS", 1000)
+            .env("APP__WEBHOOKS__MAX_DELAY_MS", 2000)
             .env("APP__WEBHOOKS__REQUEST_TIMEOUT_MS", 5000),
     )
     .await;
-    let (s, url) = (&stack, receiver.url());
-    let locations: Vec<(usize, String)> = futures_util::stream::iter(0..JOBS)
-        .map(|i| {
-            let url = url.clone();
-            async move {
-                let body = json!({"type": "echo", "input": {"i": i}, "callback_url": url});
-                (i, s.submit_ok(&body).await)
+    // Jobs arrive over about three seconds, while the kills go on: some are killed running,
+    // some between storing their outcome and the ack, most while their callbacks wait.
+    let submitter = {
+        let (http, url, callback_url) = (stack.http.clone(), stack.url("/v1/jobs"), receiver.url());
+        tokio::spawn(async move {
+            let mut locations = Vec::new();
+            for i in 0..JOBS {
+                let body = json!({"type": "echo", "input": {"i": i}, "callback_url": callback_url});
+                let response = http.post(&url).json(&body).send().await.expect("submit");
+                assert_eq!(response.status(), StatusCode::ACCEPTED);
+                let location = response.headers()["location"].to_str().unwrap().to_owned();
+                locations.push((i, location));
+                tokio::time::sleep(Duration::from_millis(30)).await;
             }
+            locations
         })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let ids: Vec<String> = locations
-        .iter()
-        .map(|(_, l)| job_id(l).to_owned())
-        .collect();
+    };
 
     // Per Webhook-Id: (requests answered, of which 2xx).
     let mut tally: HashMap<String, (usize, usize)> = HashMap::new();
@@ -532,27 +534,27 @@ async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
             }
         }
     };
-    // Kill -9 the oldest worker and start a new one, again and again, while the callbacks go
-    // through their refused attempts and back-offs; stop once every callback has arrived.
+    let arrived =
+        |tally: &HashMap<String, (usize, usize)>| tally.values().filter(|(_, ok)| *ok > 0).count();
+    // Kill -9 the oldest worker and start a new one every half second, while jobs run and
+    // callbacks go through their refused attempts and back-offs; stop once every callback
+    // has arrived.
     let mut live: Vec<usize> = vec![0, 1];
     let mut started = 2;
     let mut kills = 0;
     let deadline = Instant::now() + LONG;
     loop {
         count(&mut receiver, &mut tally);
-        let arrived = ids
-            .iter()
-            .filter(|id| tally.get(*id).is_some_and(|(_, ok)| *ok > 0))
-            .count();
-        if arrived == JOBS && kills >= MIN_KILLS {
+        if arrived(&tally) == JOBS && kills >= MIN_KILLS {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "only {arrived} of {JOBS} callbacks arrived after {kills} kills"
+            "only {} of {JOBS} callbacks arrived after {kills} kills",
+            arrived(&tally)
         );
         if kills < MAX_KILLS {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
             stack.kill_worker(live.remove(0));
             kills += 1;
             stack.add_worker();
@@ -562,6 +564,7 @@ async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let locations = submitter.await.expect("submitter");
     // Every status document records its delivery; copies still on their way show up now.
     for (_, location) in &locations {
         let deadline = Instant::now() + LONG;
@@ -576,15 +579,15 @@ async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     count(&mut receiver, &mut tally);
     let (terminal, again) = settle_all(&stack, &locations, |i, result| {
         assert_eq!(result, &json!({"i": i}));
     })
     .await;
-    let delivered = ids
+    let delivered = locations
         .iter()
-        .filter(|id| tally.get(*id).is_some_and(|(_, ok)| *ok > 0))
+        .filter(|(_, l)| tally.get(job_id(l)).is_some_and(|(_, ok)| *ok > 0))
         .count();
     let duplicates: usize = tally.values().map(|(_, ok)| ok.saturating_sub(1)).sum();
     let requests: usize = tally.values().map(|(n, _)| n).sum();

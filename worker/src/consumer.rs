@@ -20,9 +20,9 @@ use lapin::options::{
 use lapin::types::{FieldTable, ShortString};
 use shared::amqp::{ConnectError, Nodes};
 use shared::configuration::{AmqpSettings, WorkerSettings};
-use shared::webhooks::WebhookSettings;
 use shared::publish::{publish_confirmed, Outgoing};
 use shared::topology;
+use shared::webhooks::WebhookSettings;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;

@@ -162,7 +162,11 @@ impl Processor {
     ) -> Settle {
         let message: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
-            Err(e) => return self.undecodable(&delivery.data, &e.to_string(), publisher).await,
+            Err(e) => {
+                return self
+                    .undecodable(&delivery.data, &e.to_string(), publisher)
+                    .await
+            }
         };
         if message.v != MESSAGE_VERSION {
             let detail = format!("unsupported message version {}", message.v);

@@ -298,17 +298,21 @@ impl Webhooks {
     }
 
     async fn process(&self, delivery: &Delivery, publisher: &Channel) -> Settle {
-        let message: CallbackMessage = match serde_json::from_slice::<CallbackMessage>(&delivery.data) {
-            Ok(m) if m.v == CALLBACK_MESSAGE_VERSION => m,
-            Ok(m) => {
-                tracing::error!(version = m.v, "unsupported callback message version; dead-lettering it");
-                return Settle::DeadLetter;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable callback message; dead-lettering it");
-                return Settle::DeadLetter;
-            }
-        };
+        let message: CallbackMessage =
+            match serde_json::from_slice::<CallbackMessage>(&delivery.data) {
+                Ok(m) if m.v == CALLBACK_MESSAGE_VERSION => m,
+                Ok(m) => {
+                    tracing::error!(
+                        version = m.v,
+                        "unsupported callback message version; dead-lettering it"
+                    );
+                    return Settle::DeadLetter;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "undecodable callback message; dead-lettering it");
+                    return Settle::DeadLetter;
+                }
+            };
         let span = tracing::info_span!("webhook", job_id = %message.id, attempt = message.attempt);
         self.deliver(message, delivery.redelivered, publisher)
             .instrument(span)
@@ -376,12 +380,16 @@ impl Webhooks {
             tracing::warn!(%reason, "webhook refused");
             callback.state = CallbackState::Failed;
             callback.last_error = Some(format!("refused by the worker: callback_url {reason}"));
-            return self.settle_record(publisher, keys, message, stored, doc, callback).await;
+            return self
+                .settle_record(publisher, keys, message, stored, doc, callback)
+                .await;
         }
         if message.attempt > settings.max_attempts {
             // `max_attempts` was lowered since the last attempt was scheduled.
             callback.state = CallbackState::Failed;
-            return self.settle_record(publisher, keys, message, stored, doc, callback).await;
+            return self
+                .settle_record(publisher, keys, message, stored, doc, callback)
+                .await;
         }
         // The final status document, as served, without the delivery's own bookkeeping.
         let mut body_doc = doc.clone();
@@ -650,7 +658,10 @@ mod tests {
         ));
         let mut failed = pending(0);
         failed.state = CallbackState::Failed;
-        assert!(matches!(decide(true, Some(&failed), 1, false), Step::Drop(_)));
+        assert!(matches!(
+            decide(true, Some(&failed), 1, false),
+            Step::Drop(_)
+        ));
         assert!(matches!(
             decide(false, Some(&pending(0)), 1, false),
             Step::Drop(_)
