@@ -204,18 +204,22 @@ impl Consumer {
             let deadline = Instant::now() + Duration::from_secs(self.worker.shutdown_grace_seconds);
             // Stop new deliveries of both kinds: what is still in the prefetch buffers goes
             // back to the queues when the connection closes.
-            let _ = channel
-                .basic_cancel(
-                    ShortString::from(self.consumer_tag.as_str()),
-                    BasicCancelOptions::default(),
-                )
-                .await;
-            let _ = callbacks
-                .basic_cancel(
-                    ShortString::from(self.callback_tag()),
-                    BasicCancelOptions::default(),
-                )
-                .await;
+            // (Within the budget: a broker that does not answer must not hold up the drain.)
+            let cancels = async {
+                let _ = channel
+                    .basic_cancel(
+                        ShortString::from(self.consumer_tag.as_str()),
+                        BasicCancelOptions::default(),
+                    )
+                    .await;
+                let _ = callbacks
+                    .basic_cancel(
+                        ShortString::from(self.callback_tag()),
+                        BasicCancelOptions::default(),
+                    )
+                    .await;
+            };
+            let _ = tokio::time::timeout_at(deadline, cancels).await;
             while running.try_join_next().is_some() {}
             tracing::info!(
                 running = running.len(),
