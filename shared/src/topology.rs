@@ -40,10 +40,16 @@ pub fn dead_letter_queue(queue: &str) -> String {
 /// place: classic delay queues left by an older version drain by themselves (their messages
 /// still expire into the work queue) and can then be deleted.
 pub fn retry_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
-    match settings.queue_type {
-        QueueType::Classic => format!("{}.retry.{delay_ms}", settings.queue),
-        QueueType::Quorum => format!("{}.retry-q.{delay_ms}", settings.queue),
-    }
+    delay_queue(settings, "", delay_ms)
+}
+
+/// `<queue><kind>.retry.<ms>`, or `.retry-q.` for quorum queues.
+fn delay_queue(settings: &AmqpSettings, kind: &str, delay_ms: u64) -> String {
+    let retry = match settings.queue_type {
+        QueueType::Classic => "retry",
+        QueueType::Quorum => "retry-q",
+    };
+    format!("{}{kind}.{retry}.{delay_ms}", settings.queue)
 }
 
 /// The workers' queue of webhook deliveries to make.
@@ -58,10 +64,7 @@ pub fn callback_dead_letter_queue(queue: &str) -> String {
 
 /// The delay queue of the callback back-off of `delay_ms` (named like [`retry_queue`]).
 pub fn callback_delay_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
-    match settings.queue_type {
-        QueueType::Classic => format!("{}.callbacks.retry.{delay_ms}", settings.queue),
-        QueueType::Quorum => format!("{}.callbacks.retry-q.{delay_ms}", settings.queue),
-    }
+    delay_queue(settings, ".callbacks", delay_ms)
 }
 
 /// The distinct back-offs a callback can wait between attempts (after attempts 1 to
@@ -131,6 +134,19 @@ pub fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
     args
 }
 
+/// A delay queue's arguments: its messages expire after `ttl_ms` into `target`.
+fn delay_queue_arguments(queue_type: QueueType, ttl_ms: u64, target: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    queue_kind(&mut args, queue_type);
+    args.insert(
+        ShortString::from("x-message-ttl"),
+        AMQPValue::LongLongInt(ttl_ms as i64),
+    );
+    args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+    args.insert(ShortString::from("x-dead-letter-routing-key"), text(target));
+    args
+}
+
 async fn declare(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<u32> {
     let queue = channel
         .queue_declare(
@@ -153,17 +169,7 @@ pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> l
     declare(channel, &dead_letter_queue(&settings.queue), dead_args).await?;
     for step in retry_steps(settings) {
         // Delay queues are of the work queue's type (see `retry_queue`).
-        let mut args = FieldTable::default();
-        queue_kind(&mut args, settings.queue_type);
-        args.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(step as i64),
-        );
-        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
-        args.insert(
-            ShortString::from("x-dead-letter-routing-key"),
-            text(&settings.queue),
-        );
+        let args = delay_queue_arguments(settings.queue_type, step, &settings.queue);
         declare(channel, &retry_queue(settings, step), args).await?;
     }
     declare(channel, &settings.queue, queue_arguments(settings)).await
@@ -181,14 +187,7 @@ pub async fn declare_callback_queues(
     queue_kind(&mut dead_args, settings.queue_type);
     declare(channel, &dead, dead_args).await?;
     for delay in callback_delays(webhooks) {
-        let mut args = FieldTable::default();
-        queue_kind(&mut args, settings.queue_type);
-        args.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(delay as i64),
-        );
-        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
-        args.insert(ShortString::from("x-dead-letter-routing-key"), text(&queue));
+        let args = delay_queue_arguments(settings.queue_type, delay, &queue);
         declare(channel, &callback_delay_queue(settings, delay), args).await?;
     }
     let mut args = FieldTable::default();
@@ -224,6 +223,7 @@ mod tests {
         assert_eq!(retry_steps(&amqp), [1000]);
         amqp.queue = "jobs".into();
         assert_eq!(retry_queue(&amqp, 1000), "jobs.retry.1000");
+        assert_eq!(callback_delay_queue(&amqp, 100), "jobs.callbacks.retry.100");
         amqp.queue_type = QueueType::Quorum;
         assert_eq!(retry_queue(&amqp, 1000), "jobs.retry-q.1000");
         assert_eq!(

@@ -461,6 +461,15 @@ impl Stack {
             .expect("POST /v1/jobs")
     }
 
+    /// `DELETE` of a job (cancel it).
+    pub async fn cancel(&self, location: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(location))
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
     /// GETs `path` without a key, asserts a 200 and returns its JSON body.
     pub async fn get_json(&self, path: &str) -> Value {
         let response = self.http.get(self.url(path)).send().await.expect("GET");

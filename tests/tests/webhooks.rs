@@ -270,13 +270,7 @@ async fn a_job_canceled_while_queued_gets_its_callback() {
         .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
         .await;
     let id = job_id(&location).to_owned();
-    let response = stack
-        .http
-        .delete(stack.url(&location))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(stack.cancel(&location).await.status(), StatusCode::ACCEPTED);
     // The callback is queued when a worker takes the job's message off the queue.
     stack.add_worker();
     let body = check_request(&receiver.next().await, &id);

@@ -227,35 +227,20 @@ impl Consumer {
                 "shutting down: draining running jobs, then webhook deliveries"
             );
             // Jobs first: those that end now queue their callbacks (for any worker).
-            let drained = tokio::time::timeout_at(deadline, async {
-                while running.join_next().await.is_some() {}
-            })
+            drain_until(
+                &mut running,
+                deadline,
+                "grace period over; unfinished jobs go back to the queue",
+            )
             .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    unfinished = running.len(),
-                    "grace period over; unfinished jobs go back to the queue"
-                );
-                running.abort_all();
-                while running.join_next().await.is_some() {}
-            }
             // Then the deliveries in progress, within what is left.
-            let mut in_progress = match delivering.await {
-                Ok(set) => set,
-                Err(_) => JoinSet::new(),
-            };
-            let delivered = tokio::time::timeout_at(deadline, async {
-                while in_progress.join_next().await.is_some() {}
-            })
+            let mut in_progress = delivering.await.unwrap_or_default();
+            drain_until(
+                &mut in_progress,
+                deadline,
+                "grace period over; unfinished webhook deliveries go back to the callbacks queue",
+            )
             .await;
-            if delivered.is_err() {
-                tracing::warn!(
-                    unfinished = in_progress.len(),
-                    "grace period over; unfinished webhook deliveries go back to the callbacks queue"
-                );
-                in_progress.abort_all();
-                while in_progress.join_next().await.is_some() {}
-            }
             let closing = async {
                 // Leased jobs were acknowledged already, so they are published again;
                 // unacknowledged deliveries return when the connection closes.
@@ -289,6 +274,17 @@ impl Consumer {
             .close(200, ShortString::from("worker stopping"))
             .await;
         ended
+    }
+}
+
+/// Waits for the tasks of `set` until `deadline`, then stops those left (saying so).
+async fn drain_until(set: &mut JoinSet<()>, deadline: Instant, message: &str) {
+    let drained =
+        tokio::time::timeout_at(deadline, async { while set.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(unfinished = set.len(), "{message}");
+        set.abort_all();
+        while set.join_next().await.is_some() {}
     }
 }
 

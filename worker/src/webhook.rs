@@ -96,11 +96,10 @@ enum Step {
     Drop(&'static str),
 }
 
-/// The decision for message `attempt`, against the stored callback of a job (terminal or
-/// not); `redelivered`: the broker delivered this message before (its worker died or gave it
-/// back).
-fn decide(terminal: bool, callback: Option<&Callback>, attempt: u32, redelivered: bool) -> Step {
-    let Some(callback) = callback.filter(|_| terminal) else {
+/// The decision for message `attempt`, against the job's stored document; `redelivered`: the
+/// broker delivered this message before (its worker died or gave it back).
+fn decide(doc: &StatusDocument, attempt: u32, redelivered: bool) -> Step {
+    let Some(callback) = doc.callback.as_ref().filter(|_| doc.status.is_terminal()) else {
         // Not finished (a dead letter replayed meanwhile: its new end publishes again), or
         // no callback.
         return Step::Drop("the job is not finished or has no callback");
@@ -342,13 +341,7 @@ impl Webhooks {
                 return Settle::Ack;
             }
         };
-        let step = decide(
-            doc.status.is_terminal(),
-            doc.callback.as_ref(),
-            message.attempt,
-            redelivered,
-        );
-        match step {
+        match decide(&doc, message.attempt, redelivered) {
             Step::Drop(why) => {
                 tracing::debug!(why, "callback message needs nothing");
                 Settle::Ack
@@ -466,19 +459,14 @@ impl Webhooks {
         };
         let delay = self.inner.settings.backoff_ms(message.attempt);
         let queue = topology::callback_delay_queue(&self.inner.amqp, delay);
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut patience = Patience::new("cannot schedule the next webhook attempt");
         loop {
             match self.publish(publisher, &queue, &next).await {
                 Ok(()) => return Settle::Ack,
-                Err(e) if started.elapsed() >= PATIENCE => {
-                    tracing::warn!(error = %e, "cannot schedule the next webhook attempt; giving the message back");
-                    return Settle::Requeue;
-                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot schedule the next webhook attempt; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if !patience.again(&e).await {
+                        return Settle::Requeue;
+                    }
                 }
             }
         }
@@ -487,8 +475,7 @@ impl Webhooks {
     /// The job's stored document (`Some(None)`: no such job), retrying Redis for a while;
     /// `None` when Redis keeps failing.
     async fn read(&self, keys: &KeyLayout, id: &JobId) -> Option<Option<Vec<u8>>> {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut patience = Patience::new("cannot read the job");
         loop {
             let result = match self.inner.redis.clone() {
                 Ok(mut conn) => redis::cmd("HGET")
@@ -501,14 +488,10 @@ impl Webhooks {
             };
             match result {
                 Ok(doc) => return Some(doc),
-                Err(e) if started.elapsed() >= PATIENCE => {
-                    tracing::warn!(error = %e, "cannot read the job; giving the callback message back");
-                    return None;
-                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the job; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if !patience.again(&e).await {
+                        return None;
+                    }
                 }
             }
         }
@@ -524,8 +507,7 @@ impl Webhooks {
         mut doc: StatusDocument,
         callback: Callback,
     ) -> Recorded {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
+        let mut patience = Patience::new("cannot record the webhook attempt");
         loop {
             doc.callback = Some(callback.clone());
             let Ok(new) = serde_json::to_vec(&doc) else {
@@ -555,13 +537,7 @@ impl Webhooks {
                             else {
                                 return Recorded::Superseded;
                             };
-                            let step = decide(
-                                fresh_doc.status.is_terminal(),
-                                fresh_doc.callback.as_ref(),
-                                message.attempt,
-                                false,
-                            );
-                            if step != Step::Attempt {
+                            if decide(&fresh_doc, message.attempt, false) != Step::Attempt {
                                 return Recorded::Superseded;
                             }
                             (stored, doc) = (fresh, fresh_doc);
@@ -569,14 +545,10 @@ impl Webhooks {
                     }
                 }
                 Ok(_) => return Recorded::Superseded,
-                Err(e) if started.elapsed() >= PATIENCE => {
-                    tracing::warn!(error = %e, "cannot record the webhook attempt; giving the message back");
-                    return Recorded::Failed;
-                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot record the webhook attempt; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if !patience.again(&e).await {
+                        return Recorded::Failed;
+                    }
                 }
             }
         }
@@ -602,6 +574,36 @@ impl Webhooks {
     }
 }
 
+/// Retrying what failed (Redis, a publish) with back-off, for up to [`PATIENCE`].
+struct Patience {
+    what: &'static str,
+    started: Instant,
+    backoff: Duration,
+}
+
+impl Patience {
+    fn new(what: &'static str) -> Self {
+        Patience {
+            what,
+            started: Instant::now(),
+            backoff: Duration::from_millis(100),
+        }
+    }
+
+    /// After a failure: waits and says `true` (try again), or `false` once patience ran out
+    /// (the message is then given back).
+    async fn again(&mut self, error: &(dyn std::fmt::Display + Sync)) -> bool {
+        if self.started.elapsed() >= PATIENCE {
+            tracing::warn!(%error, "{}; giving the callback message back", self.what);
+            return false;
+        }
+        tracing::warn!(%error, "{}; retrying", self.what);
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        true
+    }
+}
+
 /// An error with its causes, short enough for the status document.
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
@@ -620,53 +622,51 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::JobStatus;
 
-    fn pending(attempts: u32) -> Callback {
-        Callback {
-            attempts,
-            ..Callback::pending("https://hooks.example.com/")
+    /// A finished job (or not) whose callback has had `attempts`.
+    fn doc(finished: bool, attempts: u32, state: CallbackState) -> StatusDocument {
+        let mut doc = StatusDocument::queued(JobId::new(), "echo", Utc::now())
+            .with_callback(Some("https://hooks.example.com/"));
+        if finished {
+            doc.status = JobStatus::Succeeded;
         }
+        if let Some(callback) = doc.callback.as_mut() {
+            callback.attempts = attempts;
+            callback.state = state;
+        }
+        doc
+    }
+
+    fn pending(attempts: u32) -> StatusDocument {
+        doc(true, attempts, CallbackState::Pending)
     }
 
     #[test]
     fn the_next_attempt_is_made() {
-        assert_eq!(decide(true, Some(&pending(0)), 1, false), Step::Attempt);
-        assert_eq!(decide(true, Some(&pending(2)), 3, true), Step::Attempt);
+        assert_eq!(decide(&pending(0), 1, false), Step::Attempt);
+        assert_eq!(decide(&pending(2), 3, true), Step::Attempt);
     }
 
     #[test]
     fn a_redelivered_attempt_that_was_recorded_schedules_the_next() {
-        assert_eq!(decide(true, Some(&pending(2)), 2, true), Step::Continue);
+        assert_eq!(decide(&pending(2), 2, true), Step::Continue);
         // A copy that was not redelivered leaves that to the delivery that recorded it.
-        assert!(matches!(
-            decide(true, Some(&pending(2)), 2, false),
-            Step::Drop(_)
-        ));
+        assert!(matches!(decide(&pending(2), 2, false), Step::Drop(_)));
     }
 
     #[test]
     fn stale_settled_and_unfinished_are_dropped() {
-        assert!(matches!(
-            decide(true, Some(&pending(3)), 2, true),
-            Step::Drop(_)
-        ));
-        let mut delivered = pending(1);
-        delivered.state = CallbackState::Delivered;
-        assert!(matches!(
-            decide(true, Some(&delivered), 2, false),
-            Step::Drop(_)
-        ));
-        let mut failed = pending(0);
-        failed.state = CallbackState::Failed;
-        assert!(matches!(
-            decide(true, Some(&failed), 1, false),
-            Step::Drop(_)
-        ));
-        assert!(matches!(
-            decide(false, Some(&pending(0)), 1, false),
-            Step::Drop(_)
-        ));
-        assert!(matches!(decide(true, None, 1, false), Step::Drop(_)));
+        assert!(matches!(decide(&pending(3), 2, true), Step::Drop(_)));
+        let delivered = doc(true, 1, CallbackState::Delivered);
+        assert!(matches!(decide(&delivered, 2, false), Step::Drop(_)));
+        let failed = doc(true, 0, CallbackState::Failed);
+        assert!(matches!(decide(&failed, 1, false), Step::Drop(_)));
+        let running = doc(false, 0, CallbackState::Pending);
+        assert!(matches!(decide(&running, 1, false), Step::Drop(_)));
+        let mut without = pending(0);
+        without.callback = None;
+        assert!(matches!(decide(&without, 1, false), Step::Drop(_)));
     }
 
     #[test]
