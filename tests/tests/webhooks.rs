@@ -310,3 +310,30 @@ async fn a_delivery_unfinished_at_shutdown_is_made_by_another_worker() {
     check_request(&receiver.next().await, job_id(&location));
     assert_eq!(receiver.received(), 2);
 }
+
+#[tokio::test]
+async fn retries_go_through_quorum_delay_queues_too() {
+    let mut receiver = Receiver::start(&[503]).await;
+    let stack = Stack::start_with(
+        "webhook-quorum",
+        webhook_stack().env("APP__AMQP__QUEUE_TYPE", "quorum"),
+    )
+    .await;
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    let id = job_id(&location).to_owned();
+    check_request(&receiver.next().await, &id);
+    check_request(&receiver.next().await, &id);
+    let doc = settled_callback(&stack, &location).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    assert_eq!(doc["callback"]["attempts"], 2);
+    // The delay queue of the first back-off is a quorum queue of its own name.
+    let delay_queue = format!("{}.callbacks.retry-q.100", stack.queue);
+    assert!(
+        e2e::queue_info(&stack.amqp_url(), &delay_queue)
+            .await
+            .is_some(),
+        "no {delay_queue}"
+    );
+}
