@@ -606,7 +606,12 @@ impl Stack {
 
     /// Deletes this stack's queue (to make publishes unroutable).
     pub async fn delete_queue(&self) {
-        delete_queues(&self.amqp_url(), std::slice::from_ref(&self.queue)).await;
+        self.delete_queue_named(&self.queue).await;
+    }
+
+    /// Deletes one of this stack's queues (`<queue>.callbacks`, say).
+    pub async fn delete_queue_named(&self, queue: &str) {
+        delete_queues(&self.amqp_url(), &[queue.to_owned()]).await;
     }
 
     /// Waits until the queue has `n` consumers.

@@ -337,3 +337,35 @@ async fn retries_go_through_quorum_delay_queues_too() {
         "no {delay_queue}"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_callbacks_queue_is_declared_again_and_the_job_not_run_again() {
+    let mut receiver = Receiver::start(&[]).await;
+    let stack = Stack::start_with("webhook-noqueue", webhook_stack()).await;
+    let callbacks = format!("{}.callbacks", stack.queue);
+    stack.wait_queue_len(&callbacks, 0).await;
+    // The broker cancels the worker's consumer of it; a callback published now is returned
+    // unroutable, so the job's message goes back to the queue, and its redelivery queues the
+    // callback once the worker has declared the queue again.
+    stack.delete_queue_named(&callbacks).await;
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    let id = job_id(&location).to_owned();
+    let body = check_request(&receiver.next().await, &id);
+    assert_eq!(body["status"], "succeeded");
+    let doc = settled_callback(&stack, &location).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    assert_eq!(doc["attempts"], 1);
+    assert_eq!(
+        stack.job_field(&id, "starts").await.as_deref(),
+        Some("1"),
+        "the job ran again"
+    );
+    assert!(
+        e2e::queue_info(&stack.amqp_url(), &callbacks)
+            .await
+            .is_some(),
+        "{callbacks} was not declared again"
+    );
+}

@@ -46,6 +46,8 @@ pub enum ConsumeError {
     Connect(#[from] ConnectError),
     #[error("the broker closed the consumer")]
     Closed,
+    #[error("the broker closed the callbacks consumer")]
+    CallbacksClosed,
 }
 
 pub struct Consumer {
@@ -154,7 +156,7 @@ impl Consumer {
             self.processor.clone(),
             publisher.clone(),
         ));
-        let delivering = tokio::spawn(self.processor.webhooks.clone().consume(
+        let mut delivering = tokio::spawn(self.processor.webhooks.clone().consume(
             callback_deliveries,
             publisher.clone(),
             shutdown.clone(),
@@ -164,6 +166,10 @@ impl Consumer {
         let acks = Acks::new(channel.clone());
         let slots = Arc::new(Semaphore::new(self.worker.concurrency));
         let mut running = JoinSet::new();
+        // The callbacks consumer ends on its own only when the broker cancels it (its queue was
+        // deleted, say) or the connection fails: then this session ends too, and the next one
+        // declares the queues again.
+        let mut callbacks_ended = None;
         let ended = loop {
             // Wait for a free slot first, so deliveries beyond `concurrency` stay in the
             // prefetch buffer (where a closing channel hands them back) rather than in memory.
@@ -173,10 +179,18 @@ impl Consumer {
                     Err(_) => break Err(ConsumeError::Closed),
                 },
                 _ = shutdown.changed() => break Ok(Ended::Shutdown),
+                set = &mut delivering => {
+                    callbacks_ended = Some(set);
+                    break Err(ConsumeError::CallbacksClosed);
+                }
             };
             let delivery = tokio::select! {
                 next = deliveries.next() => next,
                 _ = shutdown.changed() => break Ok(Ended::Shutdown),
+                set = &mut delivering => {
+                    callbacks_ended = Some(set);
+                    break Err(ConsumeError::CallbacksClosed);
+                }
             };
             match delivery {
                 Some(Ok(delivery)) => {
@@ -266,7 +280,11 @@ impl Consumer {
         // consumer ended with the connection).
         tokio::spawn(async move { while running.join_next().await.is_some() {} });
         tokio::spawn(async move {
-            if let Ok(mut in_progress) = delivering.await {
+            let set = match callbacks_ended {
+                Some(set) => set,
+                None => delivering.await,
+            };
+            if let Ok(mut in_progress) = set {
                 while in_progress.join_next().await.is_some() {}
             }
         });
