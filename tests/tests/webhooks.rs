@@ -369,3 +369,25 @@ async fn a_deleted_callbacks_queue_is_declared_again_and_the_job_not_run_again()
         "{callbacks} was not declared again"
     );
 }
+
+#[tokio::test]
+async fn unreadable_callback_messages_are_dead_lettered_once() {
+    let mut receiver = Receiver::start(&[]).await;
+    let stack = Stack::start_with("webhook-poison", webhook_stack()).await;
+    let callbacks = format!("{}.callbacks", stack.queue);
+    stack.publish_raw(&callbacks, b"not json").await;
+    stack
+        .publish_raw(&callbacks, br#"{"v":99,"id":"x","attempt":1}"#)
+        .await;
+    // Both end in the dead-letter queue and stay there (no loop back).
+    let dead = format!("{}.callbacks.dead", stack.queue);
+    stack.wait_queue_len(&dead, 2).await;
+    assert_eq!(stack.queue_len(&callbacks).await, 0);
+    // The worker delivers the next callback as usual.
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    check_request(&receiver.next().await, job_id(&location));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.queue_len(&dead).await, 2);
+}
