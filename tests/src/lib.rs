@@ -340,6 +340,11 @@ impl Stack {
             .unwrap_or(0)
     }
 
+    /// Whether `queue` exists.
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        queue_info(&self.amqp_url(), queue).await.is_some()
+    }
+
     /// Waits (up to 30 s) until `queue` holds `n` messages.
     pub async fn wait_queue_len(&self, queue: &str, n: u32) {
         let deadline = Instant::now() + Duration::from_secs(30);

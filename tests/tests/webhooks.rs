@@ -330,12 +330,7 @@ async fn retries_go_through_quorum_delay_queues_too() {
     assert_eq!(doc["callback"]["attempts"], 2);
     // The delay queue of the first back-off is a quorum queue of its own name.
     let delay_queue = format!("{}.callbacks.retry-q.100", stack.queue);
-    assert!(
-        e2e::queue_info(&stack.amqp_url(), &delay_queue)
-            .await
-            .is_some(),
-        "no {delay_queue}"
-    );
+    assert!(stack.queue_exists(&delay_queue).await, "no {delay_queue}");
 }
 
 #[tokio::test]
@@ -344,9 +339,9 @@ async fn a_deleted_callbacks_queue_is_declared_again_and_the_job_not_run_again()
     let stack = Stack::start_with("webhook-noqueue", webhook_stack()).await;
     let callbacks = format!("{}.callbacks", stack.queue);
     stack.wait_queue_len(&callbacks, 0).await;
-    // The broker cancels the worker's consumer of it; a callback published now is returned
-    // unroutable, so the job's message goes back to the queue, and its redelivery queues the
-    // callback once the worker has declared the queue again.
+    // The broker cancels the worker's consumer of it: the worker's session ends and the next
+    // one declares the queue again. (A callback published meanwhile is returned unroutable:
+    // the job's message goes back to the queue, and its redelivery queues the callback.)
     stack.delete_queue_named(&callbacks).await;
     let location = stack
         .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
@@ -363,9 +358,7 @@ async fn a_deleted_callbacks_queue_is_declared_again_and_the_job_not_run_again()
         "the job ran again"
     );
     assert!(
-        e2e::queue_info(&stack.amqp_url(), &callbacks)
-            .await
-            .is_some(),
+        stack.queue_exists(&callbacks).await,
         "{callbacks} was not declared again"
     );
 }
