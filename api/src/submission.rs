@@ -115,6 +115,7 @@ static NO_WEBHOOKS: WebhookSettings = WebhookSettings {
     base_delay_ms: 1,
     max_delay_ms: 1,
     request_timeout_ms: 1,
+    concurrency: 1,
 };
 
 fn known_types() -> String {

@@ -7,7 +7,11 @@
 //!   and are dead-lettered back into the work queue. One queue per step (rather than one queue
 //!   with per-message TTLs) because a queue only expires messages at its head: a long delay must
 //!   never hold up a short one. With quorum queues they are quorum queues too, named
-//!   `<queue>.retry-q.<ms>` (see [`retry_queue`]).
+//!   `<queue>.retry-q.<ms>` (see [`retry_queue`]);
+//! - the workers' outbox of webhook deliveries: `<queue>.callbacks` (one message per callback
+//!   attempt to make), its delay queues `<queue>.callbacks.retry.<ms>` (`.retry-q.` with quorum
+//!   queues) that dead-letter back into it after the back-off, and `<queue>.callbacks.dead` for
+//!   callback messages no worker can read. Only workers declare and use these.
 //!
 //! Both sides must declare with the same arguments or the broker refuses the second declaration,
 //! which is why the arguments are built here, once.
@@ -17,6 +21,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
 
 use crate::configuration::{AmqpSettings, QueueType};
+use crate::webhooks::WebhookSettings;
 
 /// Highest job priority (the work queue's `x-max-priority`).
 pub const MAX_PRIORITY: u8 = 9;
@@ -35,10 +40,41 @@ pub fn dead_letter_queue(queue: &str) -> String {
 /// place: classic delay queues left by an older version drain by themselves (their messages
 /// still expire into the work queue) and can then be deleted.
 pub fn retry_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
-    match settings.queue_type {
-        QueueType::Classic => format!("{}.retry.{delay_ms}", settings.queue),
-        QueueType::Quorum => format!("{}.retry-q.{delay_ms}", settings.queue),
-    }
+    delay_queue(settings, "", delay_ms)
+}
+
+/// `<queue><kind>.retry.<ms>`, or `.retry-q.` for quorum queues.
+fn delay_queue(settings: &AmqpSettings, kind: &str, delay_ms: u64) -> String {
+    let retry = match settings.queue_type {
+        QueueType::Classic => "retry",
+        QueueType::Quorum => "retry-q",
+    };
+    format!("{}{kind}.{retry}.{delay_ms}", settings.queue)
+}
+
+/// The workers' queue of webhook deliveries to make.
+pub fn callback_queue(queue: &str) -> String {
+    format!("{queue}.callbacks")
+}
+
+/// Where callback messages that cannot be read end up.
+pub fn callback_dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.callbacks.dead")
+}
+
+/// The delay queue of the callback back-off of `delay_ms` (named like [`retry_queue`]).
+pub fn callback_delay_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
+    delay_queue(settings, ".callbacks", delay_ms)
+}
+
+/// The distinct back-offs a callback can wait between attempts (after attempts 1 to
+/// `max_attempts - 1`), shortest first.
+pub fn callback_delays(webhooks: &WebhookSettings) -> Vec<u64> {
+    let mut delays: Vec<u64> = (1..webhooks.max_attempts.max(2))
+        .map(|attempt| webhooks.backoff_ms(attempt))
+        .collect();
+    delays.dedup();
+    delays
 }
 
 /// The retry steps in milliseconds: base, 2·base, 4·base, … up to and including max.
@@ -98,6 +134,19 @@ pub fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
     args
 }
 
+/// A delay queue's arguments: its messages expire after `ttl_ms` into `target`.
+fn delay_queue_arguments(queue_type: QueueType, ttl_ms: u64, target: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    queue_kind(&mut args, queue_type);
+    args.insert(
+        ShortString::from("x-message-ttl"),
+        AMQPValue::LongLongInt(ttl_ms as i64),
+    );
+    args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+    args.insert(ShortString::from("x-dead-letter-routing-key"), text(target));
+    args
+}
+
 async fn declare(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<u32> {
     let queue = channel
         .queue_declare(
@@ -120,20 +169,40 @@ pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> l
     declare(channel, &dead_letter_queue(&settings.queue), dead_args).await?;
     for step in retry_steps(settings) {
         // Delay queues are of the work queue's type (see `retry_queue`).
-        let mut args = FieldTable::default();
-        queue_kind(&mut args, settings.queue_type);
-        args.insert(
-            ShortString::from("x-message-ttl"),
-            AMQPValue::LongLongInt(step as i64),
-        );
-        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
-        args.insert(
-            ShortString::from("x-dead-letter-routing-key"),
-            text(&settings.queue),
-        );
+        let args = delay_queue_arguments(settings.queue_type, step, &settings.queue);
         declare(channel, &retry_queue(settings, step), args).await?;
     }
     declare(channel, &settings.queue, queue_arguments(settings)).await
+}
+
+/// Declares the callbacks queue, its delay queues and its dead-letter queue.
+pub async fn declare_callback_queues(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    webhooks: &WebhookSettings,
+) -> lapin::Result<()> {
+    let queue = callback_queue(&settings.queue);
+    let dead = callback_dead_letter_queue(&settings.queue);
+    let mut dead_args = FieldTable::default();
+    queue_kind(&mut dead_args, settings.queue_type);
+    declare(channel, &dead, dead_args).await?;
+    for delay in callback_delays(webhooks) {
+        let args = delay_queue_arguments(settings.queue_type, delay, &queue);
+        declare(channel, &callback_delay_queue(settings, delay), args).await?;
+    }
+    let mut args = FieldTable::default();
+    queue_kind(&mut args, settings.queue_type);
+    args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+    args.insert(ShortString::from("x-dead-letter-routing-key"), text(&dead));
+    if settings.queue_type == QueueType::Quorum {
+        // As on the work queue: a message whose handling keeps killing its workers stops.
+        args.insert(
+            ShortString::from("x-delivery-limit"),
+            AMQPValue::LongInt(settings.delivery_limit.min(i32::MAX as u32) as i32),
+        );
+    }
+    declare(channel, &queue, args).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -154,7 +223,26 @@ mod tests {
         assert_eq!(retry_steps(&amqp), [1000]);
         amqp.queue = "jobs".into();
         assert_eq!(retry_queue(&amqp, 1000), "jobs.retry.1000");
+        assert_eq!(callback_delay_queue(&amqp, 100), "jobs.callbacks.retry.100");
         amqp.queue_type = QueueType::Quorum;
         assert_eq!(retry_queue(&amqp, 1000), "jobs.retry-q.1000");
+        assert_eq!(
+            callback_delay_queue(&amqp, 100),
+            "jobs.callbacks.retry-q.100"
+        );
+    }
+
+    #[test]
+    fn callback_delays_are_the_distinct_back_offs() {
+        let mut webhooks = Settings::load(None).unwrap().webhooks;
+        webhooks.max_attempts = 3;
+        webhooks.base_delay_ms = 100;
+        webhooks.max_delay_ms = 400;
+        assert_eq!(callback_delays(&webhooks), [100, 200]);
+        webhooks.max_attempts = 6;
+        assert_eq!(callback_delays(&webhooks), [100, 200, 400]);
+        // One attempt has no back-off; one queue is declared anyway (harmless).
+        webhooks.max_attempts = 1;
+        assert_eq!(callback_delays(&webhooks), [100]);
     }
 }

@@ -19,7 +19,8 @@ pub const MAX_URL_CHARS: usize = 2048;
 pub const TIMESTAMP_HEADER: &str = "Webhook-Timestamp";
 /// Header with the signature, `v1=<hex>`.
 pub const SIGNATURE_HEADER: &str = "Webhook-Signature";
-/// Header with the job id (the same on every attempt, so receivers can drop duplicates).
+/// Header with the job id (the same on every attempt, and on a repeat after a worker died, so
+/// receivers can drop duplicates).
 pub const ID_HEADER: &str = "Webhook-Id";
 /// Version prefix of the signature.
 pub const SIGNATURE_VERSION: &str = "v1";
@@ -41,6 +42,8 @@ pub struct WebhookSettings {
     pub max_delay_ms: u64,
     /// Bound on one attempt (connect, send, response headers).
     pub request_timeout_ms: u64,
+    /// Deliveries one worker makes at the same time (its prefetch on the callbacks queue).
+    pub concurrency: u16,
 }
 
 // The secret must never reach a log.
@@ -53,6 +56,7 @@ impl std::fmt::Debug for WebhookSettings {
             .field("base_delay_ms", &self.base_delay_ms)
             .field("max_delay_ms", &self.max_delay_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("concurrency", &self.concurrency)
             .finish()
     }
 }
@@ -97,6 +101,9 @@ impl WebhookSettings {
         }
         if self.request_timeout_ms == 0 {
             return Err("webhooks.request_timeout_ms must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return Err("webhooks.concurrency must be at least 1".into());
         }
         Ok(())
     }
@@ -290,6 +297,7 @@ mod tests {
             base_delay_ms: 1000,
             max_delay_ms: 60_000,
             request_timeout_ms: 10_000,
+            concurrency: 16,
         }
     }
 

@@ -3,6 +3,7 @@
 //! run in parallel), and removes what they left behind when the test ends, pass or fail.
 
 pub mod browser;
+pub mod receiver;
 pub mod services;
 
 use std::net::TcpListener;
@@ -339,6 +340,11 @@ impl Stack {
             .unwrap_or(0)
     }
 
+    /// Whether `queue` exists.
+    pub async fn queue_exists(&self, queue: &str) -> bool {
+        queue_info(&self.amqp_url(), queue).await.is_some()
+    }
+
     /// Waits (up to 30 s) until `queue` holds `n` messages.
     pub async fn wait_queue_len(&self, queue: &str, n: u32) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -394,6 +400,24 @@ impl Stack {
             delay *= 2;
         }
         queues.push(format!("{}.{retry}.{max}", self.queue));
+        // The workers' callbacks queues (see `shared::topology::declare_callback_queues`).
+        let setting = |key: &str, default: u64| {
+            self.setting(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let attempts = setting("APP__WEBHOOKS__MAX_ATTEMPTS", 5);
+        let base = setting("APP__WEBHOOKS__BASE_DELAY_MS", 1000);
+        let max = setting("APP__WEBHOOKS__MAX_DELAY_MS", 60_000);
+        queues.push(format!("{}.callbacks", self.queue));
+        queues.push(format!("{}.callbacks.dead", self.queue));
+        let mut delays: Vec<u64> = (1..attempts.max(2))
+            .map(|attempt| base.saturating_mul(1 << (attempt - 1).min(32)).min(max))
+            .collect();
+        delays.dedup();
+        for delay in delays {
+            queues.push(format!("{}.callbacks.{retry}.{delay}", self.queue));
+        }
         queues
     }
 
@@ -440,6 +464,15 @@ impl Stack {
             .send()
             .await
             .expect("POST /v1/jobs")
+    }
+
+    /// `DELETE` of a job (cancel it).
+    pub async fn cancel(&self, location: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(location))
+            .send()
+            .await
+            .expect("DELETE")
     }
 
     /// GETs `path` without a key, asserts a 200 and returns its JSON body.
@@ -578,7 +611,12 @@ impl Stack {
 
     /// Deletes this stack's queue (to make publishes unroutable).
     pub async fn delete_queue(&self) {
-        delete_queues(&self.amqp_url(), std::slice::from_ref(&self.queue)).await;
+        self.delete_queue_named(&self.queue).await;
+    }
+
+    /// Deletes one of this stack's queues (`<queue>.callbacks`, say).
+    pub async fn delete_queue_named(&self, queue: &str) {
+        delete_queues(&self.amqp_url(), &[queue.to_owned()]).await;
     }
 
     /// Waits until the queue has `n` consumers.

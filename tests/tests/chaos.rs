@@ -1,6 +1,7 @@
 //! The chaos suite: each scenario owns a RabbitMQ node and a Redis server of its own (spare
 //! ports, removed afterwards) and breaks them while jobs run. Every scenario asserts exact counts
-//! and prints its figures: jobs submitted, terminal, lost, and run more than once.
+//! and prints its figures: jobs submitted, terminal, lost, and run more than once (for the
+//! webhook scenario, lost counts callbacks that never arrived).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::receiver::Receiver;
 use e2e::services::{PrivateRabbit, PrivateRedis};
 use e2e::{job_id, Stack, StackOptions};
 use futures_util::StreamExt;
@@ -466,4 +468,142 @@ async fn a_job_longer_than_the_consumer_timeout_runs_once() {
     .report();
     assert_eq!(runs, 1, "run exactly once: {doc}");
     assert_eq!(doc["attempts"], 1);
+}
+
+#[tokio::test]
+async fn kill_9_workers_while_callbacks_wait_for_their_next_attempt() {
+    const JOBS: usize = 100;
+    // The receiver answers 503 to the first requests of every Webhook-Id, so each callback
+    // spends seconds between attempts (in a delay queue, or in a worker's hands), and takes
+    // 200 ms to answer any request, so that kills also land on attempts in flight.
+    const REFUSED: usize = 3;
+    const MIN_KILLS: usize = 10;
+    const MAX_KILLS: usize = 30;
+    let rabbit = PrivateRabbit::start().await;
+    let redis = PrivateRedis::start().await;
+    let mut receiver = Receiver::start_with(Duration::from_millis(200), |_, before| {
+        if before < REFUSED {
+            503
+        } else {
+            200
+        }
+    })
+    .await;
+    let mut stack = Stack::start_with(
+        "chaos-webhooks",
+        private(&rabbit, &redis)
+            .workers(2)
+            .env("APP__WEBHOOKS__ALLOWED_HOSTS", "127.0.0.1")
+            .env("APP__WEBHOOKS__SECRET", "chaos-secret")
+            .env("APP__WEBHOOKS__MAX_ATTEMPTS", 12)
+            .env("APP__WEBHOOKS__BASE_DELAY_MS", 1000)
+            .env("APP__WEBHOOKS__MAX_DELAY_MS", 2000)
+            .env("APP__WEBHOOKS__REQUEST_TIMEOUT_MS", 5000),
+    )
+    .await;
+    // Jobs arrive over about three seconds, while the kills go on: some are killed running,
+    // some between storing their outcome and the ack, most while their callbacks wait.
+    let submitter = {
+        let (http, url, callback_url) = (stack.http.clone(), stack.url("/v1/jobs"), receiver.url());
+        tokio::spawn(async move {
+            let mut locations = Vec::new();
+            for i in 0..JOBS {
+                let body = json!({"type": "echo", "input": {"i": i}, "callback_url": callback_url});
+                let response = http.post(&url).json(&body).send().await.expect("submit");
+                assert_eq!(response.status(), StatusCode::ACCEPTED);
+                let location = response.headers()["location"].to_str().unwrap().to_owned();
+                locations.push((i, location));
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            locations
+        })
+    };
+
+    // Per Webhook-Id: (requests answered, of which 2xx).
+    let mut tally: HashMap<String, (usize, usize)> = HashMap::new();
+    let count = |receiver: &mut Receiver, tally: &mut HashMap<String, (usize, usize)>| {
+        for request in receiver.drain() {
+            let id = request.header("webhook-id").to_owned();
+            let body = request.json();
+            assert_eq!(body["id"], id.as_str(), "body of another job");
+            assert_eq!(body["status"], "succeeded", "{body}");
+            let entry = tally.entry(id).or_default();
+            entry.0 += 1;
+            if (200..300).contains(&request.answered) {
+                entry.1 += 1;
+            }
+        }
+    };
+    let arrived =
+        |tally: &HashMap<String, (usize, usize)>| tally.values().filter(|(_, ok)| *ok > 0).count();
+    // Kill -9 the oldest worker and start a new one every half second, while jobs run and
+    // callbacks go through their refused attempts and back-offs; stop once every callback
+    // has arrived.
+    let mut live: Vec<usize> = vec![0, 1];
+    let mut started = 2;
+    let mut kills = 0;
+    let deadline = Instant::now() + LONG;
+    loop {
+        count(&mut receiver, &mut tally);
+        if arrived(&tally) == JOBS && kills >= MIN_KILLS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {JOBS} callbacks arrived after {kills} kills",
+            arrived(&tally)
+        );
+        if kills < MAX_KILLS {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stack.kill_worker(live.remove(0));
+            kills += 1;
+            stack.add_worker();
+            live.push(started);
+            started += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let locations = submitter.await.expect("submitter");
+    // Every status document records its delivery; copies still on their way show up now.
+    for (_, location) in &locations {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let doc = stack.status_doc(location).await;
+            if doc["callback"]["state"] == "delivered" {
+                assert_eq!(doc["status"], "succeeded");
+                break;
+            }
+            assert_ne!(doc["callback"]["state"], "failed", "{doc}");
+            assert!(Instant::now() < deadline, "callback not recorded: {doc}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    count(&mut receiver, &mut tally);
+    let (terminal, again) = settle_all(&stack, &locations, |i, result| {
+        assert_eq!(result, &json!({"i": i}));
+    })
+    .await;
+    let delivered = locations
+        .iter()
+        .filter(|(_, l)| tally.get(job_id(l)).is_some_and(|(_, ok)| *ok > 0))
+        .count();
+    let duplicates: usize = tally.values().map(|(_, ok)| ok.saturating_sub(1)).sum();
+    let requests: usize = tally.values().map(|(n, _)| n).sum();
+    Figures {
+        scenario: "kill -9 during webhook backoff",
+        submitted: JOBS,
+        terminal,
+        lost: JOBS - delivered,
+        run_more_than_once: again,
+        extra: format!(
+            "callbacks_expected={JOBS} delivered={delivered} duplicates={duplicates} requests={requests} kills={kills}"
+        ),
+    }
+    .report();
+    assert_eq!(tally.len(), JOBS, "callbacks of unknown jobs");
+    assert_eq!(delivered, JOBS);
+    // Each callback was refused REFUSED times before it arrived.
+    assert!(requests >= JOBS * (REFUSED + 1), "{requests} requests");
 }

@@ -1,149 +1,18 @@
 //! Webhooks: a job submitted with a `callback_url` has its final status document POSTed there,
 //! signed, retried on failure, and the delivery's outcome shows in the status document. The
-//! receiver is a tiny HTTP/1.1 server inside the test.
+//! receiver is a tiny HTTP/1.1 server inside the test (`e2e::receiver`).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2e::receiver::{Received, Receiver};
 use e2e::{job_id, Stack, StackOptions};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 const SECRET: &str = "test-webhook-secret";
 const LONG: Duration = Duration::from_secs(60);
-
-/// One request the receiver got.
-#[derive(Debug)]
-struct Received {
-    request_line: String,
-    /// Header names in lower case.
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(String::as_str)
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("webhook body is JSON")
-    }
-}
-
-/// An HTTP/1.1 receiver on 127.0.0.1 that answers the given statuses in order, then 200.
-struct Receiver {
-    port: u16,
-    requests: mpsc::UnboundedReceiver<Received>,
-    count: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    async fn start(statuses: &[u16]) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().unwrap().port();
-        let (tx, requests) = mpsc::unbounded_channel();
-        let count = Arc::new(AtomicUsize::new(0));
-        let statuses = statuses.to_vec();
-        let counter = count.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut socket, _)) = listener.accept().await else {
-                    return;
-                };
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                let status = statuses.get(n).copied().unwrap_or(200);
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let Some(request) = read_request(&mut socket).await else {
-                        return;
-                    };
-                    let _ = tx.send(request);
-                    let mut answer = format!(
-                        "HTTP/1.1 {status} Whatever\r\ncontent-length: 0\r\nconnection: close\r\n"
-                    );
-                    if (300..400).contains(&status) {
-                        // Following it would land on this receiver again, within one attempt.
-                        answer.push_str("location: /redirected\r\n");
-                    }
-                    answer.push_str("\r\n");
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                    let _ = socket.shutdown().await;
-                });
-            }
-        });
-        Receiver {
-            port,
-            requests,
-            count,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook?x=1", self.port)
-    }
-
-    /// The next request (waits up to a minute).
-    async fn next(&mut self) -> Received {
-        tokio::time::timeout(LONG, self.requests.recv())
-            .await
-            .expect("no webhook arrived in time")
-            .expect("receiver stopped")
-    }
-
-    fn received(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Received> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next()?.to_owned();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    Some(Received {
-        request_line,
-        headers,
-        body,
-    })
-}
 
 /// What a receiver does: HMAC-SHA256 over "<timestamp>.<body>", compared with the header.
 fn signature_valid(secret: &str, request: &Received) -> bool {
@@ -391,4 +260,127 @@ async fn callback_urls_outside_the_allow_list_are_refused_and_nothing_is_queued(
         .submit_ok(&json!({"type": "echo", "callback_url": "https://hooks.example.com/x"}))
         .await;
     stack.wait_queue_len(&stack.queue, 1).await;
+}
+
+#[tokio::test]
+async fn a_job_canceled_while_queued_gets_its_callback() {
+    let mut receiver = Receiver::start(&[]).await;
+    let mut stack = Stack::start_with("webhook-cancel", webhook_stack().workers(0)).await;
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    let id = job_id(&location).to_owned();
+    assert_eq!(stack.cancel(&location).await.status(), StatusCode::ACCEPTED);
+    // The callback is queued when a worker takes the job's message off the queue.
+    stack.add_worker();
+    let body = check_request(&receiver.next().await, &id);
+    assert_eq!(body["status"], "canceled");
+    let doc = settled_callback(&stack, &location).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    assert_eq!(without_callback(doc), body);
+}
+
+#[tokio::test]
+async fn a_delivery_unfinished_at_shutdown_is_made_by_another_worker() {
+    // Every answer takes 4 s: the worker's grace (2 s in the tests) ends while the first
+    // attempt waits for it.
+    let mut receiver = Receiver::start_with(Duration::from_secs(4), |_, _| 200).await;
+    let mut stack = Stack::start_with("webhook-sigterm", webhook_stack()).await;
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    let deadline = Instant::now() + LONG;
+    while receiver.received() == 0 {
+        assert!(Instant::now() < deadline, "no attempt started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The whole drain fits in one budget: grace (2 s) + closing (3 s) + leaving the fleet
+    // registry (2 s) + 0.5 s, well within this bound.
+    assert!(stack.terminate_worker(0, Duration::from_secs(15)).await);
+    assert_eq!(
+        stack.status_doc(&location).await["callback"]["state"],
+        "pending"
+    );
+    // The unfinished delivery went back to the callbacks queue: another worker makes it.
+    stack.add_worker();
+    let doc = settled_callback(&stack, &location).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    // The attempt the first worker abandoned was not recorded, so this is attempt 1 again.
+    assert_eq!(doc["callback"]["attempts"], 1);
+    check_request(&receiver.next().await, job_id(&location));
+    assert_eq!(receiver.received(), 2);
+}
+
+#[tokio::test]
+async fn retries_go_through_quorum_delay_queues_too() {
+    let mut receiver = Receiver::start(&[503]).await;
+    let stack = Stack::start_with(
+        "webhook-quorum",
+        webhook_stack().env("APP__AMQP__QUEUE_TYPE", "quorum"),
+    )
+    .await;
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    let id = job_id(&location).to_owned();
+    check_request(&receiver.next().await, &id);
+    check_request(&receiver.next().await, &id);
+    let doc = settled_callback(&stack, &location).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    assert_eq!(doc["callback"]["attempts"], 2);
+    // The delay queue of the first back-off is a quorum queue of its own name.
+    let delay_queue = format!("{}.callbacks.retry-q.100", stack.queue);
+    assert!(stack.queue_exists(&delay_queue).await, "no {delay_queue}");
+}
+
+#[tokio::test]
+async fn a_deleted_callbacks_queue_is_declared_again_and_the_job_not_run_again() {
+    let mut receiver = Receiver::start(&[]).await;
+    let stack = Stack::start_with("webhook-noqueue", webhook_stack()).await;
+    let callbacks = format!("{}.callbacks", stack.queue);
+    stack.wait_queue_len(&callbacks, 0).await;
+    // The broker cancels the worker's consumer of it: the worker's session ends and the next
+    // one declares the queue again. (A callback published meanwhile is returned unroutable:
+    // the job's message goes back to the queue, and its redelivery queues the callback.)
+    stack.delete_queue_named(&callbacks).await;
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    let id = job_id(&location).to_owned();
+    let body = check_request(&receiver.next().await, &id);
+    assert_eq!(body["status"], "succeeded");
+    let doc = settled_callback(&stack, &location).await;
+    assert_eq!(doc["callback"]["state"], "delivered", "{doc}");
+    assert_eq!(doc["attempts"], 1);
+    assert_eq!(
+        stack.job_field(&id, "starts").await.as_deref(),
+        Some("1"),
+        "the job ran again"
+    );
+    assert!(
+        stack.queue_exists(&callbacks).await,
+        "{callbacks} was not declared again"
+    );
+}
+
+#[tokio::test]
+async fn unreadable_callback_messages_are_dead_lettered_once() {
+    let mut receiver = Receiver::start(&[]).await;
+    let stack = Stack::start_with("webhook-poison", webhook_stack()).await;
+    let callbacks = format!("{}.callbacks", stack.queue);
+    stack.publish_raw(&callbacks, b"not json").await;
+    stack
+        .publish_raw(&callbacks, br#"{"v":99,"id":"x","attempt":1}"#)
+        .await;
+    // Both end in the dead-letter queue and stay there (no loop back).
+    let dead = format!("{}.callbacks.dead", stack.queue);
+    stack.wait_queue_len(&dead, 2).await;
+    assert_eq!(stack.queue_len(&callbacks).await, 0);
+    // The worker delivers the next callback as usual.
+    let location = stack
+        .submit_ok(&json!({"type": "echo", "input": 1, "callback_url": receiver.url()}))
+        .await;
+    check_request(&receiver.next().await, job_id(&location));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.queue_len(&dead).await, 2);
 }

@@ -1,6 +1,8 @@
 //! The worker: consumes job messages from RabbitMQ (manual acks, bounded prefetch), runs each
-//! job's handler, and writes running, progress, and the outcome to Redis before acknowledging.
-//! Run as many worker processes as you like against the same queue.
+//! job's handler, and writes running, progress, and the outcome to Redis before acknowledging
+//! (`consumer`, `process`, `job_store`). A job's callback is queued in the broker before that
+//! ack, and every worker delivers callbacks from that queue (`webhook`). Run as many worker
+//! processes as you like against the same queue.
 
 pub mod acks;
 pub mod cancel;

@@ -60,7 +60,13 @@ fn main() -> ExitCode {
             .build(),
     };
     match runtime {
-        Ok(runtime) => runtime.block_on(run(args, settings)),
+        Ok(runtime) => {
+            let code = runtime.block_on(run(args, settings));
+            // A handler's blocking thread still running past the grace (its job went back to
+            // the queue) must not hold up the exit: dropping the runtime would wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            code
+        }
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             ExitCode::FAILURE

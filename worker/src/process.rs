@@ -4,6 +4,10 @@
 //!
 //! - the outcome is stored before the ack; if it cannot be stored, the message goes back to the
 //!   queue (negative ack with requeue), never silently away;
+//! - a job's callback is queued (published to the callbacks queue with a confirm, see
+//!   `webhook.rs`) after its outcome is stored and before the ack; if it cannot be, the message
+//!   goes back too, and its redelivery, finding the job terminal, queues the callback instead of
+//!   running the job again;
 //! - a transient failure is retried through a delay queue (published with a confirm before the
 //!   ack), up to the type's maximum attempts;
 //! - what cannot be handled at all (undecodable, unknown type, a panicking handler, a job that
@@ -62,7 +66,7 @@ pub struct Processor {
     pub leased: Arc<Mutex<HashMap<JobId, LeasedJob>>>,
     /// Cancellation tokens of the jobs running now.
     pub cancels: Cancels,
-    /// Delivers the callbacks of jobs that reached a terminal state.
+    /// Queues the callbacks of jobs that reached a terminal state.
     pub webhooks: crate::webhook::Webhooks,
 }
 
@@ -108,7 +112,6 @@ impl Processor {
     fn for_tenant(&self, tenant: &Tenant) -> Processor {
         Processor {
             store: self.store.for_tenant(tenant),
-            webhooks: self.webhooks.for_tenant(tenant),
             ..self.clone()
         }
     }
@@ -159,11 +162,15 @@ impl Processor {
     ) -> Settle {
         let message: JobMessage = match serde_json::from_slice(&delivery.data) {
             Ok(m) => m,
-            Err(e) => return self.undecodable(&delivery.data, &e.to_string()).await,
+            Err(e) => {
+                return self
+                    .undecodable(&delivery.data, &e.to_string(), publisher)
+                    .await
+            }
         };
         if message.v != MESSAGE_VERSION {
             let detail = format!("unsupported message version {}", message.v);
-            return self.undecodable(&delivery.data, &detail).await;
+            return self.undecodable(&delivery.data, &detail, publisher).await;
         }
         // Every log line of the job carries its id and the trace id the facade started (or
         // continued from the client's `traceparent`).
@@ -211,7 +218,7 @@ impl Processor {
         slot: OwnedSemaphorePermit,
     ) -> Settle {
         let id = message.id;
-        let (spec, running, cancel) = match self.begin(&message).await {
+        let (spec, running, cancel) = match self.begin(&message, publisher).await {
             Ok(started) => started,
             Err(settle) => return settle,
         };
@@ -307,6 +314,7 @@ impl Processor {
     async fn begin(
         &self,
         message: &JobMessage,
+        publisher: &Channel,
     ) -> Result<(&'static JobTypeSpec, StatusDocument, Registration), Settle> {
         let id = message.id;
         let spec = job_types::spec(&message.job_type).filter(|s| self.registry.contains(s.name));
@@ -348,9 +356,9 @@ impl Processor {
         };
         if doc.status.is_terminal() {
             tracing::info!(status = %doc.status, "job already finished; skipping redelivery");
-            // A job canceled while queued, or a callback whose worker died: send it now.
-            self.webhooks.job_finished(&doc);
-            return Err(Settle::Ack);
+            // A job canceled while queued, or one whose worker stored the outcome and died (or
+            // could not queue the callback) before the ack: queue its callback now.
+            return Err(self.queue_callback(&doc, publisher).await);
         }
         let Some(spec) = spec else {
             let failure = JobFailure {
@@ -358,7 +366,7 @@ impl Processor {
                 message: format!("no handler for job type '{}'", message.job_type),
                 retryable: false,
             };
-            return Err(self.give_up(doc, failure).await);
+            return Err(self.give_up(doc, failure, publisher).await);
         };
         let limits = self.jobs.limits_for(spec);
         // Found `running`: the last start ended without an outcome (its worker died). Only
@@ -373,7 +381,7 @@ impl Processor {
                 ),
                 retryable: false,
             };
-            return Err(self.give_up(doc, failure).await);
+            return Err(self.give_up(doc, failure, publisher).await);
         }
 
         let running = started(doc);
@@ -514,8 +522,10 @@ impl Processor {
                 tracing::info!(status = %doc.status, attempts = doc.attempts, "job finished");
                 count_outcome(&doc, settle == Settle::DeadLetter);
                 self.store.record_run_time(&doc);
-                self.webhooks.job_finished(&doc);
-                settle
+                match self.queue_callback(&doc, publisher).await {
+                    Settle::Ack => settle,
+                    requeue => requeue,
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the outcome; the job will run again");
@@ -612,8 +622,31 @@ impl Processor {
         }
     }
 
-    /// Fails a job that cannot be run here at all, and dead-letters its message.
-    async fn give_up(&self, mut doc: StatusDocument, failure: JobFailure) -> Settle {
+    /// Queues the pending callback of a finished job (see `webhook.rs`): `Ack` once the broker
+    /// confirmed it (or there is none), `Requeue` when it could not be queued (the message
+    /// comes back, and its redelivery queues it).
+    async fn queue_callback(&self, doc: &StatusDocument, publisher: &Channel) -> Settle {
+        match self
+            .webhooks
+            .enqueue(publisher, self.store.tenant(), doc)
+            .await
+        {
+            Ok(()) => Settle::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot queue the job's callback; requeueing its message");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Fails a job that cannot be run here at all, and dead-letters its message (once its
+    /// callback, if any, is queued).
+    async fn give_up(
+        &self,
+        mut doc: StatusDocument,
+        failure: JobFailure,
+        publisher: &Channel,
+    ) -> Settle {
         tracing::error!(error = %failure, "job cannot be run; dead-lettering it");
         doc.status = JobStatus::Failed;
         doc.finished_at = Some(Utc::now());
@@ -621,9 +654,11 @@ impl Processor {
         let from = [JobStatus::Queued, JobStatus::Running];
         match self.store.transition(&doc, &from, None).await {
             Ok(_) => {
-                self.webhooks.job_finished(&doc);
                 count_outcome(&doc, true);
-                Settle::DeadLetter
+                match self.queue_callback(&doc, publisher).await {
+                    Settle::Ack => Settle::DeadLetter,
+                    requeue => requeue,
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot mark the job failed; requeueing");
@@ -634,7 +669,7 @@ impl Processor {
 
     /// A message that is not a job message. If an id can be read from it, that job fails with
     /// a clear error; the message goes to the dead-letter queue.
-    async fn undecodable(&self, data: &[u8], detail: &str) -> Settle {
+    async fn undecodable(&self, data: &[u8], detail: &str, publisher: &Channel) -> Settle {
         tracing::error!(%detail, "undecodable message; dead-lettering it");
         let value = serde_json::from_slice::<serde_json::Value>(data).ok();
         let id = value
@@ -653,7 +688,12 @@ impl Processor {
                         message: format!("the job's message could not be read: {detail}"),
                         retryable: false,
                     };
-                    return this.give_up(doc, failure).await;
+                    return this.give_up(doc, failure, publisher).await;
+                }
+                // Failed by an earlier delivery of this message, whose callback could not be
+                // queued then.
+                if this.queue_callback(&doc, publisher).await == Settle::Requeue {
+                    return Settle::Requeue;
                 }
             }
         }

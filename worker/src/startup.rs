@@ -52,7 +52,7 @@ pub async fn run(
         lease: Duration::from_secs(settings.worker.lease_seconds),
         leased: Default::default(),
         cancels: Cancels::default(),
-        webhooks: webhooks.clone(),
+        webhooks,
     };
     tokio::spawn(processor.cancels.clone().listen(
         settings.redis.clone(),
@@ -73,14 +73,15 @@ pub async fn run(
         nodes: shared::amqp::Nodes::new(&settings.amqp),
         amqp: settings.amqp,
         worker: settings.worker,
+        webhooks: settings.webhooks,
         processor,
         consumer_tag: id,
     }
     .run(shutdown)
     .await;
-    // Leave the fleet registry before exiting (its jobs are drained by now).
+    // Leave the fleet registry before exiting (its jobs and deliveries are drained, or back in
+    // their queues, by now).
     fleet.stop().await;
-    webhooks.drain().await;
     tracing::info!("worker stopped");
     Ok(())
 }
