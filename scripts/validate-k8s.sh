@@ -73,6 +73,14 @@ VERSIONS = os.environ["K8S_VERSIONS"].split()
 KUBECTL = os.environ.get("KUBECTL") or None
 
 
+# What a worker may take after its shutdown budget (worker.shutdown_grace_seconds, which covers
+# its jobs and then its webhook deliveries): 3 s to put back leased jobs, send the last acks and
+# close, 2 s to leave the fleet registry, 0.5 s for blocking handler threads (config/default.toml);
+# and the OpenTelemetry SDK's 5 s to flush spans when export is on.
+WORKER_CLOSE_SECONDS = 5.5
+OTLP_FLUSH_SECONDS = 5
+
+
 class Problem(Exception):
     pass
 
@@ -465,14 +473,19 @@ def check_consistency(objs, is_overlay):
             drain = {"api": grace("APP__HTTP__SHUTDOWN_GRACE_SECONDS"),
                      "worker": grace("APP__WORKER__SHUTDOWN_GRACE_SECONDS")}.get(command)
             if drain is not None:
-                need = sleep + drain + 5
+                # The worker's budget covers its jobs and then its webhook deliveries (one
+                # deadline); after it, closing takes at most WORKER_CLOSE_SECONDS more, and
+                # flushing spans (when an operator turns export on) up to OTLP_FLUSH_SECONDS.
+                extra = WORKER_CLOSE_SECONDS + OTLP_FLUSH_SECONDS if command == "worker" else 0
+                need = sleep + drain + extra + 5
                 have = ps.get("terminationGracePeriodSeconds", 30)
+                what = (f"preStop sleep {sleep} s + {command} drain {drain} s"
+                        + (f" + close {WORKER_CLOSE_SECONDS} s + span flush {OTLP_FLUSH_SECONDS} s"
+                           if extra else "") + " + 5 s margin")
                 if have < need:
-                    problems.append(f"{where}: terminationGracePeriodSeconds {have} < preStop "
-                                    f"sleep {sleep} + drain {drain} + 5 s margin")
+                    problems.append(f"{where}: terminationGracePeriodSeconds {have} < {what}")
                 else:
-                    notes.append(f"{where}: grace {have} s >= preStop {sleep} s + "
-                                 f"{command} drain {drain} s + 5 s")
+                    notes.append(f"{where}: grace {have} s >= {what}")
 
         # Prometheus scrape annotations: the port must be a container port on which the
         # process really serves /metrics (facade: its HTTP port; worker: worker.metrics_port,
