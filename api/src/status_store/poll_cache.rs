@@ -4,8 +4,9 @@
 //!
 //! Correctness comes from Redis's server-assisted client-side caching: documents are read on
 //! one RESP3 connection with `CLIENT TRACKING ON`, and Redis pushes an invalidation on that
-//! connection when a key it read is written, expires or is deleted. The cache drops the key
-//! when the push arrives (in the connection's own task, as it reads it).
+//! connection when a key it read is written or deleted (an expired key: when Redis gets round
+//! to deleting it, see below). The cache drops the key when the push arrives (in the
+//! connection's own task, as it reads it).
 //!
 //! Two races are closed here rather than trusted to the transport:
 //!
@@ -31,7 +32,17 @@
 //! earlier again by a millisecond (Redis counts in whole ones) and a thousandth of the time to
 //! live (two clocks running at slightly different rates). A poll after that reads Redis, whose
 //! own check on access makes the key vanish, and the job answers `410` (its tombstone) exactly
-//! when its result does. A write that changes the time to live is a write: it invalidates.
+//! when its result does. A write that changes the time to live is a write: it invalidates, and
+//! so does one that falls between the `HGET` and the `PTTL` (the read is overtaken); a key gone
+//! in between answers `-2`, and nothing is kept. Redis's expiries follow its wall clock: one
+//! stepped forward on its host (not slewed) expires keys early, and that reaches the cache only
+//! as the invalidation.
+//!
+//! The facade's other reads of a job (result, event stream, long-poll) go to Redis, and its
+//! change notifications come on another connection than the invalidations: each tells the
+//! cache what it found ([`PollCache::saw`]), and a kept document that differs is dropped. So a
+//! client that saw a state through one of them (or a callback, then a result) does not get an
+//! older one from the next poll while the invalidation is still on its way.
 //!
 //! A poll can thus show a changed document for as long as its invalidation takes to arrive
 //! (well under a millisecond here), an expired one never, and after a connection died a
@@ -85,11 +96,11 @@ fn serve_until(key: &str, sent: Instant, pttl_ms: i64) -> Option<Instant> {
     (!served.is_zero()).then(|| sent + served)
 }
 
-/// How long the entry of `key` is served at most: between half of `MAX_AGE` and all of it, spread by
-/// the key. Documents read together (a facade's first polls after it starts or reconnects, a
-/// client polling many jobs in step) would otherwise all expire in the same instant, and the
-/// burst of misses queues the polls behind it: with one bound for all, the benchmark's poll p99
-/// at half load went from 2.6 ms to 30-50 ms in the rounds that such an instant fell into.
+/// How long the entry of `key` is served at most: between half of `MAX_AGE` and all of it, spread
+/// by the key. Documents read together (a facade's first polls after it starts or reconnects, a
+/// client polling many jobs in step) would otherwise all expire in the same instant, and the burst
+/// of misses queues the polls behind it: with one bound for all, the benchmark's poll p99 at half
+/// load went from 2.6 ms to 30-50 ms in the rounds that such an instant fell into.
 fn max_age(key: &str) -> Duration {
     // Seeded once per process: the spread needs no secret, only keys that differ.
     static SPREAD: std::sync::LazyLock<RandomState> = std::sync::LazyLock::new(RandomState::new);
@@ -133,6 +144,19 @@ impl State {
         self.entries.remove(key);
         if let Some((_, overtaken)) = self.reading.get_mut(key) {
             *overtaken = true;
+        }
+    }
+
+    /// See [`PollCache::saw`].
+    fn saw(&mut self, key: &str, doc: Option<&[u8]>) {
+        let same = match (self.entries.get(key), doc) {
+            (Some((kept, _)), Some(doc)) => kept.as_slice() == doc,
+            // Nothing kept: only reads in flight could bring something older.
+            (None, _) => !self.reading.contains_key(key),
+            (Some(_), None) => false,
+        };
+        if !same {
+            self.invalidate(key.as_bytes());
         }
     }
 
@@ -220,6 +244,13 @@ impl PollCache {
     /// Drops `key`'s document, as an invalidation would.
     pub fn forget(&self, key: &str) {
         self.inner.state().invalidate(key.as_bytes());
+    }
+
+    /// A read of `key` outside the cache found `doc` (`None`: no document): a kept document
+    /// that differs is dropped, and reads in flight are not kept, as an invalidation would do.
+    /// Redis's own invalidation may still be on its way; a poll after this sees nothing older.
+    pub fn saw(&self, key: &str, doc: Option<&[u8]>) {
+        self.inner.state().saw(key, doc);
     }
 
     /// Whether the cache is in use (Redis has not refused tracking).
@@ -555,6 +586,29 @@ mod tests {
         // A document whose deadline has passed by the time its read ends is not kept.
         state.begin_read("k");
         state.end_read("k", Some(b"d"), Some(Instant::now()), 10);
+        assert_eq!(state.get("k"), None);
+    }
+
+    #[test]
+    fn a_newer_document_seen_elsewhere_drops_the_kept_one() {
+        let mut state = State::default();
+        state.begin_read("k");
+        state.end_read("k", Some(b"queued"), later(), 10);
+        // The same document seen by a result read or a notification: kept.
+        state.saw("k", Some(b"queued"));
+        assert_eq!(state.get("k").as_deref(), Some(&b"queued"[..]));
+        // Another one (the invalidation still on its way): dropped.
+        state.saw("k", Some(b"succeeded"));
+        assert_eq!(state.get("k"), None);
+        // No document any more (expired, deleted): dropped.
+        state.begin_read("k");
+        state.end_read("k", Some(b"succeeded"), later(), 10);
+        state.saw("k", None);
+        assert_eq!(state.get("k"), None);
+        // A read in flight may bring what was there before: not kept.
+        state.begin_read("k");
+        state.saw("k", Some(b"succeeded"));
+        state.end_read("k", Some(b"running"), later(), 10);
         assert_eq!(state.get("k"), None);
     }
 }
