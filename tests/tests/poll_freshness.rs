@@ -22,20 +22,6 @@ use serde_json::{json, Value};
 /// Loose bound on how late a poll may show a change made in Redis by another connection.
 const LATE: Duration = Duration::from_secs(5);
 
-/// One poll of the status monitor: its status and document (a problem's `job`), if any.
-async fn poll(stack: &Stack, location: &str) -> (StatusCode, Option<Value>) {
-    let response = stack
-        .http_no_redirect
-        .get(stack.url(location))
-        .send()
-        .await
-        .expect("poll");
-    let status = response.status();
-    let body: Option<Value> = response.json().await.ok();
-    let doc = body.map(|b| b.get("job").cloned().unwrap_or(b));
-    (status, doc)
-}
-
 /// The document's `status`, or "" without one.
 fn status_of(doc: &Option<Value>) -> &str {
     doc.as_ref()
@@ -54,7 +40,7 @@ async fn shown_within_bound(
     shows: impl Fn(StatusCode, &Option<Value>) -> bool,
 ) -> Duration {
     let shown = loop {
-        let (status, doc) = poll(stack, location).await;
+        let (status, doc) = stack.poll(location).await;
         if shows(status, &doc) {
             break changed.elapsed();
         }
@@ -65,7 +51,7 @@ async fn shown_within_bound(
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     for _ in 0..5 {
-        let (status, doc) = poll(stack, location).await;
+        let (status, doc) = stack.poll(location).await;
         assert!(
             shows(status, &doc),
             "{what}: a poll went back to {status} {doc:?}"
@@ -81,7 +67,7 @@ async fn kept(stack: &Stack, location: &str, status: StatusCode) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let hits = stack.poll_cache_count("hit").await;
-        let (answer, doc) = poll(stack, location).await;
+        let (answer, doc) = stack.poll(location).await;
         assert_eq!(answer, status, "{doc:?}");
         if stack.poll_cache_count("hit").await > hits {
             return doc.expect("a document");
@@ -93,7 +79,11 @@ async fn kept(stack: &Stack, location: &str, status: StatusCode) -> Value {
 async fn job_key_command(stack: &Stack, command: &str, location: &str, args: &[&str]) -> i64 {
     let mut conn = stack.redis().await;
     redis::cmd(command)
-        .arg(format!("{}:default:job:{{{}}}", stack.prefix, job_id(location)))
+        .arg(format!(
+            "{}:default:job:{{{}}}",
+            stack.prefix,
+            job_id(location)
+        ))
         .arg(args)
         .query_async(&mut conn)
         .await
@@ -107,7 +97,10 @@ async fn state_in_redis(stack: &Stack, location: &str, state: &str) -> Instant {
         if stack.job_field(job_id(location), "state").await.as_deref() == Some(state) {
             return Instant::now();
         }
-        assert!(Instant::now() < deadline, "{location} never {state} in Redis");
+        assert!(
+            Instant::now() < deadline,
+            "{location} never {state} in Redis"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -143,7 +136,7 @@ async fn cancels_show_in_the_next_polls() {
     kept(&stack, &queued, StatusCode::ACCEPTED).await;
     let cancel = stack.http.delete(stack.url(&queued)).send().await.unwrap();
     assert_eq!(cancel.status(), StatusCode::ACCEPTED);
-    let (status, doc) = poll(&stack, &queued).await;
+    let (status, doc) = stack.poll(&queued).await;
     assert_eq!(status, StatusCode::CONFLICT, "{doc:?}");
     assert_eq!(status_of(&doc), "canceled");
 
@@ -158,9 +151,13 @@ async fn cancels_show_in_the_next_polls() {
     let cancel = stack.http.delete(stack.url(&running)).send().await.unwrap();
     assert_eq!(cancel.status(), StatusCode::ACCEPTED);
     let canceled = state_in_redis(&stack, &running, "canceled").await;
-    shown_within_bound(&stack, &running, "cancel of a running job", canceled, |s, d| {
-        s == StatusCode::CONFLICT && status_of(d) == "canceled"
-    })
+    shown_within_bound(
+        &stack,
+        &running,
+        "cancel of a running job",
+        canceled,
+        |s, d| s == StatusCode::CONFLICT && status_of(d) == "canceled",
+    )
     .await;
 }
 
@@ -196,7 +193,7 @@ async fn deletions_and_new_expiries_from_another_connection_show_in_the_next_pol
     kept(&stack, &location, StatusCode::SEE_OTHER).await;
     loop {
         let sent = Instant::now();
-        let (status, doc) = poll(&stack, &location).await;
+        let (status, doc) = stack.poll(&location).await;
         if status == StatusCode::GONE {
             break;
         }
@@ -292,9 +289,12 @@ async fn an_expired_job_answers_303_then_410_then_404_on_time_with_the_cache_on(
     let job_gone = expires_by(&mut conn, &format!("{}:default:job:{{{id}}}", stack.prefix))
         .await
         .expect("the job hash has a TTL");
-    let tomb_gone = expires_by(&mut conn, &format!("{}:default:tomb:{{{id}}}", stack.prefix))
-        .await
-        .expect("the tombstone has a TTL");
+    let tomb_gone = expires_by(
+        &mut conn,
+        &format!("{}:default:tomb:{{{id}}}", stack.prefix),
+    )
+    .await
+    .expect("the tombstone has a TTL");
     let hits = stack.poll_cache_count("hit").await;
 
     // Status, result and events in turn, one request at a time, until all say 404.
@@ -351,7 +351,10 @@ async fn an_expired_job_answers_303_then_410_then_404_on_time_with_the_cache_on(
             assert!(now >= 1, "{what} answered {status} after the job's expiry");
         }
         if *sent > tomb_gone {
-            assert_eq!(now, 2, "{what} answered {status} after the tombstone's expiry");
+            assert_eq!(
+                now, 2,
+                "{what} answered {status} after the tombstone's expiry"
+            );
         }
     }
     // On time: each answer went through every phase (the 410 lasts only the 4 s the
@@ -363,7 +366,10 @@ async fn an_expired_job_answers_303_then_410_then_404_on_time_with_the_cache_on(
             .map(|(_, _, s)| phase(*s))
             .collect();
         for p in 0..=2 {
-            assert!(seen.contains(&p), "{what} never answered phase {p}: {seen:?}");
+            assert!(
+                seen.contains(&p),
+                "{what} never answered phase {p}: {seen:?}"
+            );
         }
     }
     let first_gone = answers
@@ -380,16 +386,18 @@ async fn an_expired_job_answers_303_then_410_then_404_on_time_with_the_cache_on(
     );
 }
 
+/// A facade (no worker) on `redis`.
+async fn facade_on(name: &str, redis: &PrivateRedis) -> Stack {
+    let options = StackOptions::default()
+        .workers(0)
+        .env("APP__REDIS__URL", redis.url());
+    Stack::start_with(name, options).await
+}
+
 #[tokio::test]
 async fn a_redis_restart_drops_what_was_kept() {
     let mut redis = PrivateRedis::start().await;
-    let stack = Stack::start_with(
-        "fresh-restart",
-        StackOptions::default()
-            .workers(0)
-            .env("APP__REDIS__URL", redis.url()),
-    )
-    .await;
+    let stack = facade_on("fresh-restart", &redis).await;
     let location = stack.submit_ok(&json!({"type": "echo", "input": 1})).await;
     let queued = kept(&stack, &location, StatusCode::ACCEPTED).await;
 
@@ -430,13 +438,7 @@ async fn a_redis_restart_drops_what_was_kept() {
 #[tokio::test]
 async fn a_redis_that_restarts_without_its_data_loses_the_job_for_polls_too() {
     let mut redis = PrivateRedis::start_with_args(&["--appendonly", "no"], &[]).await;
-    let stack = Stack::start_with(
-        "fresh-amnesia",
-        StackOptions::default()
-            .workers(0)
-            .env("APP__REDIS__URL", redis.url()),
-    )
-    .await;
+    let stack = facade_on("fresh-amnesia", &redis).await;
     let location = stack.submit_ok(&json!({"type": "echo", "input": 1})).await;
     kept(&stack, &location, StatusCode::ACCEPTED).await;
     redis.kill9();
