@@ -88,6 +88,8 @@ pub async fn wait_for(
     loop {
         match tokio::time::timeout_at(deadline, watch.changes.recv()).await {
             Ok(Ok(change)) => {
+                // Newer than what the poll cache may keep until its invalidation arrives.
+                store.saw(id, Some(&change));
                 if let Ok(doc) = StatusHead::decode(&change) {
                     if until.reached(doc.status) {
                         return Ok(change.to_vec());

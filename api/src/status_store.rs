@@ -46,6 +46,16 @@ pub enum Lookup<T> {
     NotFound,
 }
 
+impl<T> Lookup<T> {
+    /// What was found, if anything.
+    pub fn found(&self) -> Option<&T> {
+        match self {
+            Lookup::Found(value) => Some(value),
+            Lookup::Gone | Lookup::NotFound => None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct StatusStore {
     /// Where to connect; every operation runs with its thread's connection
@@ -212,14 +222,17 @@ impl StatusStore {
     /// The status document as stored (JSON bytes).
     pub async fn document(&self, id: &JobId) -> Result<Lookup<Vec<u8>>, StoreError> {
         let id = *id;
-        self.with_conn(|store, mut conn| async move {
-            let doc: Option<Vec<u8>> = conn.hget(store.keys.job(&id), field::DOC).await?;
-            match doc {
-                Some(doc) => Ok(Lookup::Found(doc)),
-                None => store.missing(&mut conn, &id).await,
-            }
-        })
-        .await
+        let lookup = self
+            .with_conn(|store, mut conn| async move {
+                let doc: Option<Vec<u8>> = conn.hget(store.keys.job(&id), field::DOC).await?;
+                match doc {
+                    Some(doc) => Ok(Lookup::Found(doc)),
+                    None => store.missing(&mut conn, &id).await,
+                }
+            })
+            .await?;
+        self.saw(&id, lookup.found().map(Vec::as_slice));
+        Ok(lookup)
     }
 
     /// The status document for a status poll: as [`Self::document`], but answered from the
@@ -248,25 +261,38 @@ impl StatusStore {
         }
     }
 
+    /// Tells the poll cache what a read or a change notification outside it found of job
+    /// `id`'s document (`None`: none): a kept copy that differs is dropped. So once a result,
+    /// an event or a long-poll of this facade has shown a state, a poll here shows nothing
+    /// older, even while Redis's invalidation is still on its way.
+    pub fn saw(&self, id: &JobId, doc: Option<&[u8]>) {
+        if let Some(cache) = &self.poll_cache {
+            cache.saw(&self.keys.job(id), doc);
+        }
+    }
+
     /// The status document and, if there is one, the result (one round trip).
     pub async fn document_and_result(
         &self,
         id: &JobId,
     ) -> Result<Lookup<(Vec<u8>, Option<Vec<u8>>)>, StoreError> {
         let id = *id;
-        self.with_conn(|store, mut conn| async move {
-            let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
-                .arg(store.keys.job(&id))
-                .arg(field::DOC)
-                .arg(field::RESULT)
-                .query_async(&mut conn)
-                .await?;
-            match doc {
-                Some(doc) => Ok(Lookup::Found((doc, result))),
-                None => store.missing(&mut conn, &id).await,
-            }
-        })
-        .await
+        let lookup = self
+            .with_conn(|store, mut conn| async move {
+                let (doc, result): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+                    .arg(store.keys.job(&id))
+                    .arg(field::DOC)
+                    .arg(field::RESULT)
+                    .query_async(&mut conn)
+                    .await?;
+                match doc {
+                    Some(doc) => Ok(Lookup::Found((doc, result))),
+                    None => store.missing(&mut conn, &id).await,
+                }
+            })
+            .await?;
+        self.saw(&id, lookup.found().map(|(doc, _)| doc.as_slice()));
+        Ok(lookup)
     }
 
     async fn missing<T>(&self, conn: &mut RedisConn, id: &JobId) -> Result<Lookup<T>, StoreError> {

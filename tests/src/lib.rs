@@ -536,17 +536,25 @@ impl Stack {
 
     /// The job's status document as served (following no redirect, unwrapping failures).
     pub async fn status_doc(&self, location: &str) -> Value {
+        self.poll(location).await.1.expect("JSON body")
+    }
+
+    /// One poll of the status monitor (following no redirect): its status, and the status
+    /// document it carries (a problem's `job`), if any.
+    pub async fn poll(&self, location: &str) -> (StatusCode, Option<Value>) {
         let response = self
             .http_no_redirect
             .get(self.url(location))
             .send()
             .await
             .expect("status");
-        let body: Value = response.json().await.expect("JSON body");
-        match body.get("job") {
+        let status = response.status();
+        let body: Option<Value> = response.json().await.ok();
+        let doc = body.map(|body| match body.get("job") {
             Some(job) => job.clone(),
             None => body,
-        }
+        });
+        (status, doc)
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {

@@ -1,7 +1,8 @@
 //! The whole system on a Redis Cluster (three masters, private to the test): jobs of every
 //! kind complete, and so do what needs more than one key or pub/sub: idempotency keys, cancel
 //! of a running job (the cancel channel), long-polls and event streams (the events channels),
-//! listing (the jobs index, in another slot than the jobs) and the worker registry.
+//! listing (the jobs index, in another slot than the jobs) and the worker registry. The poll
+//! cache stays off.
 
 use std::time::{Duration, Instant};
 
@@ -162,4 +163,9 @@ async fn jobs_cancel_long_polls_and_events_work_on_a_redis_cluster() {
     }
     println!("job keys on {holding} of 3 nodes");
     assert!(holding >= 2, "every job landed on one node");
+
+    // The poll cache is off on a cluster (tracking is per node, and a failover moves a slot to
+    // a node that never saw the reads): every poll above read the node holding the job.
+    assert_eq!(stack.poll_cache_count("hit").await, 0);
+    assert_eq!(stack.poll_cache_count("miss").await, 0);
 }

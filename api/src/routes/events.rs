@@ -93,7 +93,11 @@ async fn next_frame(mut s: Stream) -> Option<(Result<Bytes, actix_web::Error>, S
             }
         };
         match received {
-            Some(Ok(change)) => s.pending = Some(change.to_vec()),
+            Some(Ok(change)) => {
+                // Newer than what the poll cache may keep until its invalidation arrives.
+                s.store.saw(&s.id, Some(&change));
+                s.pending = Some(change.to_vec());
+            }
             Some(Err(RecvError::Lagged(_))) => s.pending = current(&s).await,
             Some(Err(RecvError::Closed)) => {
                 // Notifications lost: send what is current, then end (the client reconnects).

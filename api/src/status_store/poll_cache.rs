@@ -4,8 +4,9 @@
 //!
 //! Correctness comes from Redis's server-assisted client-side caching: documents are read on
 //! one RESP3 connection with `CLIENT TRACKING ON`, and Redis pushes an invalidation on that
-//! connection when a key it read is written, expires or is deleted. The cache drops the key
-//! when the push arrives (in the connection's own task, as it reads it).
+//! connection when a key it read is written or deleted (an expired key: when Redis gets round
+//! to deleting it, see below). The cache drops the key when the push arrives (in the
+//! connection's own task, as it reads it).
 //!
 //! Two races are closed here rather than trusted to the transport:
 //!
@@ -20,11 +21,34 @@
 //!   is a hit, no reads that could fail either: a heartbeat pings it every `HEARTBEAT` and
 //!   counts it lost when the ping fails or times out.
 //!
-//! A poll can thus show a document for as long as its invalidation takes to arrive (well under
-//! a millisecond here), or a heartbeat and a reply timeout after the connection died. Entries
-//! also expire after at most `MAX_AGE` (each after its own share of it, see [`max_age`]), and
-//! the cache holds at most `poll_cache_entries` documents. Off on a Redis Cluster (tracking is
-//! per node).
+//! Expiry needs more than the invalidation: Redis sends it when it *deletes* an expired key, and
+//! it deletes one only when a command touches it or its expiry sampling happens to pick it; in
+//! a Redis holding many keys with a TTL (every job of the retention period has one) that can
+//! take minutes, while a read of the key on any connection already finds it gone. So each read
+//! also asks for the key's remaining time to live in the same round trip (`PTTL`, pipelined
+//! after the `HGET`), and an entry is never served from the instant its key expires: the
+//! deadline is taken from the local monotonic clock read before the request was sent, so the
+//! time the request and its reply spent travelling only makes it earlier, and it is moved
+//! earlier again by a millisecond (Redis counts in whole ones) and a thousandth of the time to
+//! live (two clocks running at slightly different rates). A poll after that reads Redis, whose
+//! own check on access makes the key vanish, and the job answers `410` (its tombstone) exactly
+//! when its result does. A write that changes the time to live is a write: it invalidates, and
+//! so does one that falls between the `HGET` and the `PTTL` (the read is overtaken); a key gone
+//! in between answers `-2`, and nothing is kept. Redis's expiries follow its wall clock: one
+//! stepped forward on its host (not slewed) expires keys early, and that reaches the cache only
+//! as the invalidation.
+//!
+//! The facade's other reads of a job (result, event stream, long-poll) go to Redis, and its
+//! change notifications come on another connection than the invalidations: each tells the
+//! cache what it found ([`PollCache::saw`]), and a kept document that differs is dropped. So a
+//! client that saw a state through one of them (or a callback, then a result) does not get an
+//! older one from the next poll while the invalidation is still on its way.
+//!
+//! A poll can thus show a changed document for as long as its invalidation takes to arrive
+//! (well under a millisecond here), an expired one never, and after a connection died a
+//! heartbeat and a reply timeout. Entries also expire after at most `MAX_AGE` (each after its
+//! own share of it, see [`max_age`]), and the cache holds at most `poll_cache_entries`
+//! documents. Off on a Redis Cluster (tracking is per node).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -51,11 +75,32 @@ const MAX_AGE: Duration = Duration::from_secs(60);
 /// How often the tracking connection is pinged while it exists.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// How long the entry of `key` is served: between half of `MAX_AGE` and all of it, spread by
-/// the key. Documents read together (a facade's first polls after it starts or reconnects, a
-/// client polling many jobs in step) would otherwise all expire in the same instant, and the
-/// burst of misses queues the polls behind it: with one bound for all, the benchmark's poll p99
-/// at half load went from 2.6 ms to 30-50 ms in the rounds that such an instant fell into.
+/// From when the document of `key`, read by a request sent at `sent` together with `PTTL`
+/// (`pttl_ms`), must no longer be served: its key's expiry as that reply puts it, less the
+/// margin (module docs), or the entry's age bound if that comes first. `None`: not to be kept,
+/// the key is gone or expires within the millisecond. The margin and the monotonic `sent`
+/// make it early, never late: Redis answered after `sent`, so the key lives at least until
+/// `sent + pttl`, give or take Redis's whole milliseconds.
+fn serve_until(key: &str, sent: Instant, pttl_ms: i64) -> Option<Instant> {
+    let served = match pttl_ms {
+        // No time to live.
+        -1 => max_age(key),
+        ms if ms > 0 => {
+            let ttl = Duration::from_millis(ms.unsigned_abs());
+            let margin = ttl / 1000 + Duration::from_millis(1);
+            ttl.saturating_sub(margin).min(max_age(key))
+        }
+        // -2: no key (expired or deleted since the read); 0: expiring now.
+        _ => return None,
+    };
+    (!served.is_zero()).then(|| sent + served)
+}
+
+/// How long the entry of `key` is served at most: between half of `MAX_AGE` and all of it, spread
+/// by the key. Documents read together (a facade's first polls after it starts or reconnects, a
+/// client polling many jobs in step) would otherwise all expire in the same instant, and the burst
+/// of misses queues the polls behind it: with one bound for all, the benchmark's poll p99 at half
+/// load went from 2.6 ms to 30-50 ms in the rounds that such an instant fell into.
 fn max_age(key: &str) -> Duration {
     // Seeded once per process: the spread needs no secret, only keys that differ.
     static SPREAD: std::sync::LazyLock<RandomState> = std::sync::LazyLock::new(RandomState::new);
@@ -85,7 +130,7 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    /// Documents and when each stops being served.
+    /// Documents and from when each is no longer served ([`serve_until`]).
     entries: HashMap<String, (Vec<u8>, Instant)>,
     /// Keys with reads in flight: how many, and whether an invalidation overtook them.
     reading: HashMap<String, (usize, bool)>,
@@ -99,6 +144,19 @@ impl State {
         self.entries.remove(key);
         if let Some((_, overtaken)) = self.reading.get_mut(key) {
             *overtaken = true;
+        }
+    }
+
+    /// See [`PollCache::saw`].
+    fn saw(&mut self, key: &str, doc: Option<&[u8]>) {
+        let same = match (self.entries.get(key), doc) {
+            (Some((kept, _)), Some(doc)) => kept.as_slice() == doc,
+            // Nothing kept: only reads in flight could bring something older.
+            (None, _) => !self.reading.contains_key(key),
+            (Some(_), None) => false,
+        };
+        if !same {
+            self.invalidate(key.as_bytes());
         }
     }
 
@@ -118,8 +176,14 @@ impl State {
         }
     }
 
-    /// Ends a read; keeps `doc` unless an invalidation overtook the read.
-    fn end_read(&mut self, key: &str, doc: Option<&[u8]>, max_entries: usize) {
+    /// Ends a read; keeps `doc` until `until` unless an invalidation overtook the read.
+    fn end_read(
+        &mut self,
+        key: &str,
+        doc: Option<&[u8]>,
+        until: Option<Instant>,
+        max_entries: usize,
+    ) {
         let overtaken = match self.reading.get_mut(key) {
             Some((count, overtaken)) if *count > 1 => {
                 *count -= 1;
@@ -131,8 +195,10 @@ impl State {
             }
             None => true,
         };
-        let Some(doc) = doc else { return };
-        if overtaken {
+        let (Some(doc), Some(until)) = (doc, until) else {
+            return;
+        };
+        if overtaken || until <= Instant::now() {
             return;
         }
         if self.entries.len() >= max_entries && !self.entries.contains_key(key) {
@@ -141,15 +207,17 @@ impl State {
                 self.entries.remove(&old);
             }
         }
-        self.entries.insert(
-            key.to_owned(),
-            (doc.to_vec(), Instant::now() + max_age(key)),
-        );
+        self.entries.insert(key.to_owned(), (doc.to_vec(), until));
     }
 
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let (doc, expires) = self.entries.get(key)?;
-        (Instant::now() < *expires).then(|| doc.clone())
+    /// The kept document of `key`, if it may still be served; one that may not is dropped.
+    fn get(&mut self, key: &str) -> Option<Vec<u8>> {
+        let (doc, until) = self.entries.get(key)?;
+        if Instant::now() < *until {
+            return Some(doc.clone());
+        }
+        self.entries.remove(key);
+        None
     }
 }
 
@@ -178,6 +246,13 @@ impl PollCache {
         self.inner.state().invalidate(key.as_bytes());
     }
 
+    /// A read of `key` outside the cache found `doc` (`None`: no document): a kept document
+    /// that differs is dropped, and reads in flight are not kept, as an invalidation would do.
+    /// Redis's own invalidation may still be on its way; a poll after this sees nothing older.
+    pub fn saw(&self, key: &str, doc: Option<&[u8]>) {
+        self.inner.state().saw(key, doc);
+    }
+
     /// Whether the cache is in use (Redis has not refused tracking).
     pub fn enabled(&self) -> bool {
         !self.inner.refused.load(Ordering::Relaxed)
@@ -196,12 +271,12 @@ impl PollCache {
         let mut read = Read::begin(&self.inner, key);
         let inner = self.inner.clone();
         let owned_key = key.to_owned();
-        let doc = self
+        let (doc, until) = self
             .inner
             .io
             .run(async move { inner.read(&owned_key).await })
             .await??;
-        read.end(doc.as_deref());
+        read.end(doc.as_deref(), until);
         Ok(doc)
     }
 }
@@ -223,18 +298,18 @@ impl<'a> Read<'a> {
         }
     }
 
-    fn end(&mut self, doc: Option<&[u8]>) {
+    fn end(&mut self, doc: Option<&[u8]>, until: Option<Instant>) {
         self.ended = true;
         self.inner
             .state()
-            .end_read(self.key, doc, self.inner.max_entries);
+            .end_read(self.key, doc, until, self.inner.max_entries);
     }
 }
 
 impl Drop for Read<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.inner.state().end_read(self.key, None, 0);
+            self.inner.state().end_read(self.key, None, None, 0);
         }
     }
 }
@@ -246,7 +321,12 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn read(self: &Arc<Self>, key: &str) -> redis::RedisResult<Option<Vec<u8>>> {
+    /// Reads `key`'s document and when it must stop being served ([`serve_until`]), in one
+    /// round trip.
+    async fn read(
+        self: &Arc<Self>,
+        key: &str,
+    ) -> redis::RedisResult<(Option<Vec<u8>>, Option<Instant>)> {
         let mut slot = self.conn.lock().await;
         let (number, mut conn) = match slot.as_ref() {
             Some(current) => current.clone(),
@@ -263,16 +343,24 @@ impl Inner {
             }
         };
         drop(slot);
-        let doc: redis::RedisResult<Option<Vec<u8>>> = redis::cmd("HGET")
+        // Before the request is sent: the deadline counts from a moment before Redis answered.
+        let sent = Instant::now();
+        let reply: redis::RedisResult<(Option<Vec<u8>>, i64)> = redis::pipe()
+            .cmd("HGET")
             .arg(key)
             .arg(field::DOC)
+            .cmd("PTTL")
+            .arg(key)
             .query_async(&mut conn)
             .await;
-        if doc.is_err() {
-            // Invalidations may have been lost with whatever failed: start over.
-            self.lost(number);
+        match reply {
+            Ok((doc, pttl)) => Ok((doc, serve_until(key, sent, pttl))),
+            Err(e) => {
+                // Invalidations may have been lost with whatever failed: start over.
+                self.lost(number);
+                Err(e)
+            }
         }
-        doc
     }
 
     /// Turns the cache off for good when Redis cannot do what it needs (`HELLO 3` or `CLIENT
@@ -391,18 +479,25 @@ async fn heartbeat(inner: std::sync::Weak<Inner>, number: u64, mut conn: Multipl
 
 #[cfg(test)]
 mod tests {
-    use super::{max_age, State, MAX_AGE};
+    use std::time::{Duration, Instant};
+
+    use super::{max_age, serve_until, State, MAX_AGE};
+
+    /// A deadline that does not pass during a test.
+    fn later() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(600))
+    }
 
     #[test]
     fn a_read_overtaken_by_an_invalidation_is_not_kept() {
         let mut state = State::default();
         state.begin_read("k");
         state.invalidate(b"k");
-        state.end_read("k", Some(b"old"), 10);
+        state.end_read("k", Some(b"old"), later(), 10);
         assert_eq!(state.get("k"), None);
         // The next read is kept.
         state.begin_read("k");
-        state.end_read("k", Some(b"new"), 10);
+        state.end_read("k", Some(b"new"), later(), 10);
         assert_eq!(state.get("k").as_deref(), Some(&b"new"[..]));
         // And dropped by the next invalidation.
         state.invalidate(b"k");
@@ -415,8 +510,8 @@ mod tests {
         state.begin_read("k");
         state.begin_read("k");
         state.invalidate(b"k");
-        state.end_read("k", Some(b"a"), 10);
-        state.end_read("k", Some(b"b"), 10);
+        state.end_read("k", Some(b"a"), later(), 10);
+        state.end_read("k", Some(b"b"), later(), 10);
         assert_eq!(state.get("k"), None);
         assert!(state.reading.is_empty());
     }
@@ -425,10 +520,10 @@ mod tests {
     fn a_lost_connection_drops_everything_and_marks_reads_in_flight() {
         let mut state = State::default();
         state.begin_read("a");
-        state.end_read("a", Some(b"1"), 10);
+        state.end_read("a", Some(b"1"), later(), 10);
         state.begin_read("b");
         state.invalidate_all();
-        state.end_read("b", Some(b"2"), 10);
+        state.end_read("b", Some(b"2"), later(), 10);
         assert_eq!(state.get("a"), None);
         assert_eq!(state.get("b"), None);
     }
@@ -439,12 +534,12 @@ mod tests {
         for i in 0..5 {
             let key = format!("k{i}");
             state.begin_read(&key);
-            state.end_read(&key, Some(b"d"), 3);
+            state.end_read(&key, Some(b"d"), later(), 3);
         }
         assert_eq!(state.entries.len(), 3);
         // A missing document is not kept.
         state.begin_read("gone");
-        state.end_read("gone", None, 3);
+        state.end_read("gone", None, later(), 3);
         assert_eq!(state.get("gone"), None);
     }
 
@@ -461,5 +556,59 @@ mod tests {
         assert!(tenths.iter().all(|n| *n < 200), "{tenths:?}");
         // A key keeps its share.
         assert_eq!(max_age("job:7"), max_age("job:7"));
+    }
+
+    #[test]
+    fn an_entry_is_never_served_from_its_keys_expiry() {
+        let sent = Instant::now();
+        // A key with 10 s to live is served until before `sent` + 10 s, by the margin.
+        let until = serve_until("k", sent, 10_000).unwrap();
+        assert!(until < sent + Duration::from_secs(10));
+        assert!(until >= sent + Duration::from_millis(10_000 - 10 - 1));
+        // A key with longer to live than the age bound, or none, is bounded by the age.
+        assert_eq!(serve_until("k", sent, 3_600_000), Some(sent + max_age("k")));
+        assert_eq!(serve_until("k", sent, -1), Some(sent + max_age("k")));
+        // Gone since the read, expiring now, or within the margin: not kept.
+        assert_eq!(serve_until("k", sent, -2), None);
+        assert_eq!(serve_until("k", sent, 0), None);
+        assert_eq!(serve_until("k", sent, 1), None);
+
+        let mut state = State::default();
+        // Kept until its deadline...
+        state.begin_read("k");
+        let until = serve_until("k", Instant::now(), 1_000);
+        state.end_read("k", Some(b"d"), until, 10);
+        assert_eq!(state.get("k").as_deref(), Some(&b"d"[..]));
+        // ...and not from then on, without any invalidation (Redis has not deleted the key).
+        std::thread::sleep(until.unwrap().saturating_duration_since(Instant::now()));
+        assert_eq!(state.get("k"), None);
+        assert!(state.entries.is_empty(), "the expired entry is dropped");
+        // A document whose deadline has passed by the time its read ends is not kept.
+        state.begin_read("k");
+        state.end_read("k", Some(b"d"), Some(Instant::now()), 10);
+        assert_eq!(state.get("k"), None);
+    }
+
+    #[test]
+    fn a_newer_document_seen_elsewhere_drops_the_kept_one() {
+        let mut state = State::default();
+        state.begin_read("k");
+        state.end_read("k", Some(b"queued"), later(), 10);
+        // The same document seen by a result read or a notification: kept.
+        state.saw("k", Some(b"queued"));
+        assert_eq!(state.get("k").as_deref(), Some(&b"queued"[..]));
+        // Another one (the invalidation still on its way): dropped.
+        state.saw("k", Some(b"succeeded"));
+        assert_eq!(state.get("k"), None);
+        // No document any more (expired, deleted): dropped.
+        state.begin_read("k");
+        state.end_read("k", Some(b"succeeded"), later(), 10);
+        state.saw("k", None);
+        assert_eq!(state.get("k"), None);
+        // A read in flight may bring what was there before: not kept.
+        state.begin_read("k");
+        state.saw("k", Some(b"succeeded"));
+        state.end_read("k", Some(b"running"), later(), 10);
+        assert_eq!(state.get("k"), None);
     }
 }
