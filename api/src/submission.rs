@@ -56,6 +56,9 @@ impl Submission {
             }
             Some(Value::String(name)) => {
                 let spec = types.get(name).cloned();
+                if spec.is_none() && !types.loaded {
+                    return Err(ApiError::RegistryUnread);
+                }
                 if spec.is_none() {
                     let detail = if types.is_empty() {
                         "unknown job type; no job type is registered (no worker has started)"
@@ -238,7 +241,13 @@ mod tests {
 
     #[test]
     fn without_a_registry_every_type_is_unknown() {
-        match Submission::parse(json!({"type": "echo"}), &Catalog::default()) {
+        // Never read (Redis down since the start): not known to be unknown.
+        assert!(matches!(
+            Submission::parse(json!({"type": "echo"}), &Catalog::default()),
+            Err(ApiError::RegistryUnread)
+        ));
+        let empty = Catalog::for_tests([]);
+        match Submission::parse(json!({"type": "echo"}), &empty) {
             Err(ApiError::Validation { errors, .. }) => {
                 assert_eq!(errors[0].field, "type");
                 assert!(errors[0].detail.contains("no job type is registered"));

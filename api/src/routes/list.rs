@@ -85,6 +85,9 @@ impl ListQuery {
                     parsed.filter.status = Some(*status);
                 }
                 "type" => {
+                    if types.get(value).is_none() && !types.loaded {
+                        return Err(ApiError::RegistryUnread);
+                    }
                     if types.get(value).is_none() {
                         return Err(invalid(
                             "type",
