@@ -127,6 +127,15 @@ if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$base/readyz" || true)" != 200 
   exit 1
 fi
 
+# The document lists the job types the worker registered: wait until the facade has read all
+# four built-ins, or the run would fuzz a document without them.
+for _ in $(seq 1 60); do
+  if [[ "$(curl -s "$base/v1/job-types" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["job_types"]))' 2>/dev/null || true)" == 4 ]]; then
+    break
+  fi
+  sleep 0.5
+done
+
 log "validating $base/openapi.json as OpenAPI 3.1 (scripts/validate-openapi.py)"
 curl -sf "$base/openapi.json" -o "$OUT/openapi.json"
 "$VENV/bin/python" scripts/validate-openapi.py "$OUT/openapi.json"

@@ -42,6 +42,10 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("the job queue is unavailable")]
     Broker(#[from] BrokerError),
+    /// The job type registry was never read (Redis unreachable since the start): whether a
+    /// type exists is not known, so it is not called unknown.
+    #[error("the job type registry could not be read yet; retry shortly")]
+    RegistryUnread,
     #[error("{detail}")]
     InvalidHeader { name: &'static str, detail: String },
     #[error("{detail}")]
@@ -95,7 +99,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 Problem::new(status, "method-not-allowed", "Method not allowed")
             }
-            ApiError::Store(_) | ApiError::Broker(_) => {
+            ApiError::Store(_) | ApiError::Broker(_) | ApiError::RegistryUnread => {
                 Problem::new(status, "service-unavailable", "Service unavailable")
             }
             ApiError::InvalidHeader { name, .. } => {
@@ -150,7 +154,9 @@ impl ResponseError for ApiError {
             ApiError::JobNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::JobGone => StatusCode::GONE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Store(_) | ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Broker(_) | ApiError::RegistryUnread => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidParameter { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyInFlight => {
@@ -176,6 +182,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Broker(e) => {
                 tracing::warn!(error = %e, "job queue unavailable");
+                builder.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
+            }
+            ApiError::RegistryUnread => {
                 builder.insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER));
             }
             ApiError::MethodNotAllowed { allow } => {

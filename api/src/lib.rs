@@ -11,6 +11,7 @@ pub mod estimates;
 pub mod idempotency;
 pub mod io;
 pub mod job_response;
+pub mod job_types;
 pub mod limits;
 pub mod long_poll;
 pub mod metrics;

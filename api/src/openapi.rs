@@ -6,9 +6,11 @@
 //!   code that answers them;
 //! - the served types (status document, job error, worker record, field error): `ToSchema`
 //!   derived on the `shared` types themselves (feature `openapi`);
-//! - the request body of `POST /v1/jobs`: built from the job type catalog
-//!   (`shared::job_types::CATALOG`) and the settings, so it says exactly what the facade
-//!   accepts (a schemathesis run in CI holds the facade to it, in both directions);
+//! - the request body of `POST /v1/jobs`: one alternative per job type the workers registered
+//!   (`crate::job_types`), with that type's input schema, and the settings, so it says exactly
+//!   what the facade accepts (a schemathesis run in CI holds the facade to it, in both
+//!   directions). The document follows the registry: it is rebuilt when a type comes, goes or
+//!   changes;
 //! - reusable responses, parameters and problem schemas: written once below as JSON, because
 //!   utoipa's `Header` type cannot say that a header is always present (`required`).
 
@@ -16,16 +18,50 @@ use std::borrow::Cow;
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
-use shared::job_types::{FieldKind, InputRules, CATALOG};
+use std::sync::{Arc, Mutex};
+
 use shared::Settings;
 use utoipa::openapi::path::{Parameter, ParameterIn};
 use utoipa::openapi::{RefOr, Response, Schema};
 use utoipa::{IntoParams, OpenApi, PartialSchema, ToResponse, ToSchema};
 
+use crate::job_types::{Catalog, JobTypes};
 use crate::routes;
 
-/// The document as served: built once at start from the settings.
-pub struct OpenApiDocument(pub Vec<u8>);
+/// The document as served: built from the settings and the job type registry, again whenever
+/// the registry's generation changes.
+pub struct OpenApiDocument {
+    settings: Settings,
+    job_types: JobTypes,
+    built: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl OpenApiDocument {
+    pub fn new(settings: &Settings, job_types: JobTypes) -> Self {
+        OpenApiDocument {
+            settings: settings.clone(),
+            job_types,
+            built: Mutex::new(None),
+        }
+    }
+
+    /// The document for the registry as it is now.
+    pub fn bytes(&self) -> Arc<Vec<u8>> {
+        let catalog = self.job_types.current();
+        let mut built = match self.built.lock() {
+            Ok(built) => built,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*built {
+            Some((generation, bytes)) if *generation == catalog.generation => bytes.clone(),
+            _ => {
+                let bytes = Arc::new(document(&self.settings, &catalog));
+                *built = Some((catalog.generation, bytes.clone()));
+                bytes
+            }
+        }
+    }
+}
 
 /// `GET /openapi.json`.
 #[utoipa::path(
@@ -38,7 +74,7 @@ pub struct OpenApiDocument(pub Vec<u8>);
 pub async fn openapi_json(doc: web::Data<OpenApiDocument>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(doc.0.clone())
+        .body(doc.bytes().to_vec())
 }
 
 #[derive(OpenApi)]
@@ -58,6 +94,7 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
         routes::cancel::cancel,
         routes::jobs::result,
         routes::events::events,
+        routes::job_types::list,
         routes::workers::list,
         routes::overview::overview,
         routes::health::healthz,
@@ -113,14 +150,14 @@ impl utoipa::Modify for SecurityScheme {
     }
 }
 
-/// The document for these settings, as JSON bytes.
-pub fn document(settings: &Settings) -> Vec<u8> {
+/// The document for these settings and job types, as JSON bytes.
+pub fn document(settings: &Settings, catalog: &Catalog) -> Vec<u8> {
     // Serialising the derived document and JSON values cannot fail.
-    serde_json::to_vec(&document_value(settings)).unwrap_or_default()
+    serde_json::to_vec(&document_value(settings, catalog)).unwrap_or_default()
 }
 
-/// The document for these settings.
-pub fn document_value(settings: &Settings) -> Value {
+/// The document for these settings and job types.
+pub fn document_value(settings: &Settings, catalog: &Catalog) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
     let components = &mut doc["components"];
     // Every response component, as written below (with `required` headers, which utoipa's
@@ -134,8 +171,10 @@ pub fn document_value(settings: &Settings) -> Value {
         for (name, schema) in problem_schemas() {
             schemas.insert(name.into(), schema);
         }
-        schemas.insert("JobRequest".into(), job_request_schema(settings));
+        let request = job_request_schema(settings, catalog, schemas);
+        schemas.insert("JobRequest".into(), request);
     }
+    list_types_follow(&mut doc, catalog);
     if settings.auth.enabled {
         require_bearer(&mut doc);
     }
@@ -167,8 +206,26 @@ fn require_bearer(doc: &mut Value) {
     }
 }
 
+/// `GET /v1/jobs?type=` takes the registered types' names (any string while none is: the
+/// facade answers 422 to each).
+fn list_types_follow(doc: &mut Value, catalog: &Catalog) {
+    let Some(parameters) = doc["paths"]["/v1/jobs"]["get"]["parameters"].as_array_mut() else {
+        return;
+    };
+    for parameter in parameters {
+        if parameter["name"] == "type" && parameter["in"] == "query" {
+            let names: Vec<&str> = catalog.types().map(|t| t.name()).collect();
+            parameter["schema"] = if names.is_empty() {
+                json!({"type": "string"})
+            } else {
+                json!({"type": "string", "enum": names})
+            };
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// The request body of `POST /v1/jobs`, from the catalog.
+// The request body of `POST /v1/jobs`, from the registry.
 
 /// Marker for the `JobRequest` schema (the real one depends on the settings; see
 /// [`job_request_schema`]).
@@ -186,8 +243,14 @@ impl ToSchema for JobRequest {
     }
 }
 
-/// One alternative per job type: its `type`, its `input` rules, `priority`, `callback_url`.
-fn job_request_schema(settings: &Settings) -> Value {
+/// One alternative per registered job type, discriminated by `type`: its `input` schema (as
+/// the worker registered it), `priority`, `callback_url`. Input schemas keep any `$defs` of
+/// their own as components named `JobInput.<type>.<def>`, added to `schemas`.
+fn job_request_schema(
+    settings: &Settings,
+    catalog: &Catalog,
+    schemas: &mut Map<String, Value>,
+) -> Value {
     let webhooks_on = !settings.webhooks.allowed_hosts.is_empty();
     let callback_url = if webhooks_on {
         json!({
@@ -205,65 +268,35 @@ fn job_request_schema(settings: &Settings) -> Value {
             "description": "Webhooks are off in this deployment: any URL is refused with a 422.",
         })
     };
-    let alternatives: Vec<Value> = CATALOG
-        .iter()
-        .map(|spec| {
-            let input = match spec.input {
-                InputRules::Any => json!({
-                    "description": "Any JSON value (absent means null).",
-                }),
-                InputRules::Object(fields) => {
-                    let mut properties = Map::new();
-                    let mut required = Vec::new();
-                    for field in fields {
-                        let mut schema = match field.kind {
-                            FieldKind::Number { min, max } => {
-                                json!({"type": "number", "minimum": min, "maximum": max})
-                            }
-                            FieldKind::Integer { min, max } => {
-                                json!({"type": "integer", "minimum": min, "maximum": max})
-                            }
-                            FieldKind::String {
-                                min_chars,
-                                max_chars,
-                            } => json!({
-                                "type": "string", "minLength": min_chars, "maxLength": max_chars,
-                            }),
-                            FieldKind::OneOf(options) => json!({"type": "string", "enum": options}),
-                        };
-                        if field.required {
-                            required.push(field.name);
-                        } else {
-                            // An optional field may also be given as null (same as absent).
-                            make_nullable(&mut schema);
-                        }
-                        schema["description"] = json!(field.description);
-                        properties.insert(field.name.into(), schema);
-                    }
-                    json!({
-                        "type": "object",
-                        "properties": properties,
-                        "required": required,
-                        "additionalProperties": false,
-                    })
-                }
-            };
+    let alternatives: Vec<Value> = catalog
+        .types()
+        .map(|t| {
+            let r = &t.record;
+            let input = embedded_input_schema(&r.name, &r.input_schema, schemas);
             let mut required = vec!["type"];
-            if matches!(spec.input, InputRules::Object(_)) {
+            if !t.input_optional() {
                 required.push("input");
             }
+            let priority = if r.priorities {
+                json!({
+                    "type": ["integer", "null"], "minimum": 0, "maximum": 9, "default": 0,
+                    "description": "Among queued jobs, higher runs first.",
+                })
+            } else {
+                json!({
+                    "type": ["integer", "null"], "minimum": 0, "maximum": 0, "default": 0,
+                    "description": "This type does not take priorities: only 0.",
+                })
+            };
             json!({
-                "title": spec.name,
-                "description": spec.description,
-                "examples": [{"type": spec.name, "input": example_input(spec.name)}],
+                "title": r.name,
+                "description": r.description,
+                "examples": [{"type": r.name, "input": r.example}],
                 "type": "object",
                 "properties": {
-                    "type": {"type": "string", "const": spec.name},
+                    "type": {"type": "string", "const": r.name},
                     "input": input,
-                    "priority": {
-                        "type": ["integer", "null"], "minimum": 0, "maximum": 9, "default": 0,
-                        "description": "Among queued jobs, higher runs first.",
-                    },
+                    "priority": priority,
                     "callback_url": callback_url,
                 },
                 "required": required,
@@ -272,39 +305,71 @@ fn job_request_schema(settings: &Settings) -> Value {
         })
         .collect();
     let limits = &settings.limits;
+    let description = format!(
+        "A job request. `type` names a registered job type (`GET /v1/job-types`); `input` must \
+         meet that type's schema (else 422 naming each bad field). Any JSON in the body may nest \
+         at most {} levels deep, hold strings of at most {} bytes and arrays of at most {} items \
+         (else 422); no string may hold U+0000 (else 422); the whole body is at most {} bytes \
+         (else 413).",
+        limits.max_json_depth,
+        limits.max_string_bytes,
+        limits.max_array_items,
+        settings.http.body_limit_bytes
+    );
+    if alternatives.is_empty() {
+        // `oneOf` may not be empty: no request is valid while no type is registered.
+        return json!({
+            "description": format!("{description} No job type is registered yet (no worker has started): every request is a 422."),
+            "not": {},
+        });
+    }
+    // Each alternative's `type` is a `const`: exactly one matches a request's `type`.
     json!({
-        "description": format!(
-            "A job request. `type` names the job type; `input` must meet that type's rules \
-             (else 422 naming each bad field). Any JSON in the body may nest at most {} levels \
-             deep, hold strings of at most {} bytes and arrays of at most {} items (else 422); \
-             no string may hold U+0000 (else 422); the whole body is at most {} bytes (else \
-             413).",
-            limits.max_json_depth,
-            limits.max_string_bytes,
-            limits.max_array_items,
-            settings.http.body_limit_bytes
-        ),
+        "description": description,
         "oneOf": alternatives,
     })
 }
 
-/// A valid input of each built-in type, for the document's examples.
-fn example_input(job_type: &str) -> Value {
-    match job_type {
-        "sleep" => json!({"seconds": 0.5}),
-        "hash" => json!({"bytes": 1_000_000, "seed": 1}),
-        "fail" => json!({"message": "disk on fire"}),
-        _ => json!({"hello": "world"}),
-    }
-}
-
-fn make_nullable(schema: &mut Value) {
-    if let Some(Value::String(t)) = schema.get("type").cloned() {
-        schema["type"] = json!([t, "null"]);
-        if let Some(Value::Array(options)) = schema.get_mut("enum") {
-            options.push(Value::Null);
+/// A registered input schema as a part of this document: `$schema` dropped (a subschema's
+/// dialect is the document's), and `$defs` moved to components with their references
+/// rewritten, since `#/$defs/…` would point at this document's root.
+fn embedded_input_schema(
+    type_name: &str,
+    schema: &Value,
+    schemas: &mut Map<String, Value>,
+) -> Value {
+    let mut schema = schema.clone();
+    let defs = match schema.as_object_mut() {
+        Some(object) => {
+            object.remove("$schema");
+            object.remove("$defs")
+        }
+        None => None,
+    };
+    let component = |def: &str| format!("JobInput.{type_name}.{def}");
+    let Some(Value::Object(defs)) = defs else {
+        return schema;
+    };
+    fn rewrite(value: &mut Value, component: &dyn Fn(&str) -> String) {
+        match value {
+            Value::Object(object) => {
+                if let Some(Value::String(reference)) = object.get_mut("$ref") {
+                    if let Some(def) = reference.strip_prefix("#/$defs/") {
+                        *reference = format!("#/components/schemas/{}", component(def));
+                    }
+                }
+                object.values_mut().for_each(|v| rewrite(v, component));
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| rewrite(v, component)),
+            _ => {}
         }
     }
+    rewrite(&mut schema, &component);
+    for (name, mut def) in defs {
+        rewrite(&mut def, &component);
+        schemas.insert(component(&name), def);
+    }
+    schema
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -390,6 +455,51 @@ fn problem_schemas() -> Vec<(&'static str, Value)> {
                         "required": ["checks"],
                     },
                 ],
+            }),
+        ),
+        (
+            "JobTypeState",
+            json!({
+                "type": "string",
+                "enum": ["served", "no-live-worker"],
+                "description": "`served` while a live worker serves the type; `no-live-worker` \
+                                when none does: its jobs are still accepted and wait in the \
+                                queue for one.",
+            }),
+        ),
+        (
+            "JobTypeInfo",
+            json!({
+                "description": "A job type as its workers registered it.",
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "description": {"type": "string"},
+                    "input_schema": {"description": "JSON Schema (draft 2020-12) of the job's `input`."},
+                    "example": {"description": "An input that meets the schema."},
+                    "limits": {
+                        "type": "object",
+                        "properties": {
+                            "max_attempts": {"type": "integer", "minimum": 1},
+                            "max_run_seconds": {"type": "integer", "minimum": 1},
+                        },
+                        "required": ["max_attempts", "max_run_seconds"],
+                    },
+                    "priorities": {"type": "boolean", "description": "Whether `priority` orders its jobs (else only 0 is taken)."},
+                    "schema_digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "worker_version": {"type": "string"},
+                    "workers": {"type": "integer", "minimum": 0, "description": "Live workers serving it."},
+                    "state": {"$ref": "#/components/schemas/JobTypeState"},
+                    "queue": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "depth": {"type": ["integer", "null"], "minimum": 0, "description": "Messages ready; null when the broker could not be asked."},
+                        },
+                        "required": ["name", "depth"],
+                    },
+                },
+                "required": ["name", "description", "input_schema", "example", "limits", "priorities", "schema_digest", "worker_version", "workers", "state", "queue"],
             }),
         ),
         (
@@ -618,6 +728,15 @@ fn response_json(name: &str) -> Option<Value> {
                 "required": ["event", "id", "data"],
             }}},
         }),
+        "JobTypeList" => json!({
+            "description": "The registered job types, sorted by name.",
+            "headers": {"Cache-Control": cache_control()},
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "properties": {"job_types": {"type": "array", "items": {"$ref": "#/components/schemas/JobTypeInfo"}}},
+                "required": ["job_types"],
+            }}},
+        }),
         "WorkerList" => json!({
             "description": "The live workers, sorted by id.",
             "headers": {"Cache-Control": cache_control()},
@@ -685,6 +804,24 @@ fn response_json(name: &str) -> Option<Value> {
                 "properties": {
                     "status": {"type": "string", "enum": ["ready"]},
                     "checks": {"$ref": "#/components/schemas/Checks"},
+                    "job_types": {
+                        "description": "Information, not readiness: the registered job types and \
+                                        the live workers serving each (a type without one still \
+                                        takes jobs; they wait in the queue).",
+                        "type": "object",
+                        "properties": {
+                            "registry": {"type": "string", "enum": ["unread", "empty", "loaded"]},
+                            "types": {"type": "object", "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "workers": {"type": "integer", "minimum": 0},
+                                    "state": {"$ref": "#/components/schemas/JobTypeState"},
+                                },
+                                "required": ["workers", "state"],
+                            }},
+                        },
+                        "required": ["registry", "types"],
+                    },
                 },
                 "required": ["status", "checks"],
             }}},
@@ -807,6 +944,7 @@ responses!(
     JobCancelAccepted,
     JobList,
     JobEvents,
+    JobTypeList,
     WorkerList,
     Overview,
     Health,
@@ -966,7 +1104,6 @@ pub struct ListParams;
 
 impl IntoParams for ListParams {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
-        let types: Vec<&str> = CATALOG.iter().map(|s| s.name).collect();
         params(json!([
             {
                 "name": "status", "in": "query", "required": false,
@@ -974,7 +1111,9 @@ impl IntoParams for ListParams {
             },
             {
                 "name": "type", "in": "query", "required": false,
-                "schema": {"type": "string", "enum": types},
+                "description": "A registered job type (`GET /v1/job-types`).",
+                // The registered names: see `list_types_follow`.
+                "schema": {"type": "string"},
             },
             {
                 "name": "limit", "in": "query", "required": false,
@@ -997,29 +1136,90 @@ impl IntoParams for ListParams {
 mod tests {
     use super::*;
 
+    fn catalog() -> Catalog {
+        Catalog::for_tests([
+            (
+                "hash",
+                json!({
+                    "$schema": "https://json-schema.org/draft/2020-12/schema",
+                    "type": "object",
+                    "properties": {
+                        "bytes": {"type": "integer", "minimum": 0, "maximum": 1u64 << 30},
+                        "seed": {"type": ["integer", "null"], "minimum": 0},
+                    },
+                    "required": ["bytes"],
+                    "additionalProperties": false,
+                }),
+                true,
+            ),
+            (
+                "tree",
+                json!({
+                    "$ref": "#/$defs/Node",
+                    "$defs": {"Node": {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#/$defs/Node"}}}}},
+                }),
+                false,
+            ),
+            ("echo", json!(true), true),
+        ])
+    }
+
     #[test]
-    fn the_job_request_follows_the_catalog_and_the_webhook_settings() {
+    fn the_job_request_follows_the_registry_and_the_webhook_settings() {
         let mut settings = Settings::load(None).expect("default settings");
         settings.webhooks.allowed_hosts.clear();
-        let doc = document_value(&settings);
+        let doc = document_value(&settings, &catalog());
         let request = &doc["components"]["schemas"]["JobRequest"];
-        let hash = request["oneOf"]
-            .as_array()
-            .unwrap()
+        let alternatives = request["oneOf"].as_array().unwrap();
+        assert_eq!(alternatives.len(), 3);
+        let hash = alternatives
             .iter()
             .find(|alt| alt["properties"]["type"]["const"] == "hash")
             .expect("hash");
         let input = &hash["properties"]["input"];
         assert_eq!(input["required"], json!(["bytes"]));
         assert_eq!(input["properties"]["bytes"]["maximum"], json!(1u64 << 30));
+        assert!(input.get("$schema").is_none());
         assert_eq!(
             input["properties"]["seed"]["type"],
             json!(["integer", "null"])
         );
+        assert_eq!(hash["required"], json!(["type", "input"]));
+        assert_eq!(hash["properties"]["priority"]["maximum"], 9);
         assert_eq!(hash["properties"]["callback_url"]["type"], "null");
+        // A schema's own definitions become components, its references rewritten.
+        let tree = alternatives
+            .iter()
+            .find(|alt| alt["properties"]["type"]["const"] == "tree")
+            .expect("tree");
+        assert_eq!(
+            tree["properties"]["input"]["$ref"],
+            "#/components/schemas/JobInput.tree.Node"
+        );
+        assert_eq!(tree["properties"]["priority"]["maximum"], 0);
+        let node = &doc["components"]["schemas"]["JobInput.tree.Node"];
+        assert_eq!(
+            node["properties"]["children"]["items"]["$ref"],
+            "#/components/schemas/JobInput.tree.Node"
+        );
+        // Input that may be null may be left out.
+        let echo = alternatives
+            .iter()
+            .find(|alt| alt["properties"]["type"]["const"] == "echo")
+            .expect("echo");
+        assert_eq!(echo["required"], json!(["type"]));
+        // The list's type filter names the registered types.
+        let list = doc["paths"]["/v1/jobs"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "type")
+            .unwrap()
+            .clone();
+        assert_eq!(list["schema"]["enum"], json!(["echo", "hash", "tree"]));
 
         settings.webhooks.allowed_hosts = vec!["hooks.example.com".into()];
-        let doc = document_value(&settings);
+        let doc = document_value(&settings, &catalog());
         let callback =
             &doc["components"]["schemas"]["JobRequest"]["oneOf"][0]["properties"]["callback_url"];
         assert_eq!(callback["type"], json!(["string", "null"]));
@@ -1030,12 +1230,32 @@ mod tests {
     }
 
     #[test]
+    fn without_a_registry_no_request_is_valid() {
+        let settings = Settings::load(None).expect("default settings");
+        let doc = document_value(&settings, &Catalog::default());
+        let request = &doc["components"]["schemas"]["JobRequest"];
+        assert_eq!(request["not"], json!({}));
+        assert!(request.get("oneOf").is_none());
+    }
+
+    #[test]
+    fn the_served_document_follows_the_generation() {
+        let settings = Settings::load(None).expect("default settings");
+        let served = OpenApiDocument::new(&settings, JobTypes::default());
+        let first = served.bytes();
+        assert!(
+            Arc::ptr_eq(&first, &served.bytes()),
+            "built once per generation"
+        );
+    }
+
+    #[test]
     fn every_response_component_has_its_json() {
         for name in RESPONSES {
             assert!(response_json(name).is_some(), "{name}");
         }
         let settings = Settings::load(None).expect("default settings");
-        let doc = document_value(&settings);
+        let doc = document_value(&settings, &catalog());
         let served = doc["components"]["responses"].as_object().unwrap();
         assert_eq!(served.len(), RESPONSES.len());
     }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub signer: Signer,
     pub limits: Limits,
     pub overview: crate::routes::overview::OverviewCache,
+    /// The job types the workers registered (refreshed in the background).
+    pub job_types: crate::job_types::JobTypes,
 }
 
 impl AppState {
@@ -102,6 +104,11 @@ impl Application {
             tracing::warn!("authentication is off: every request acts as the default tenant, with operator rights");
         }
         let estimates = crate::estimates::Estimates::new(store.clone(), broker.clone(), &settings);
+        let job_types = crate::job_types::JobTypes::start(
+            store.clone(),
+            &io,
+            settings.jobs.type_retention_seconds,
+        );
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),
             store,
@@ -112,13 +119,12 @@ impl Application {
             signer,
             limits: Limits::new(&settings.limits),
             overview: Default::default(),
+            job_types: job_types.clone(),
         });
         let cors_settings = settings.cors.clone();
         let header_limit = settings.http.max_header_bytes;
         let body_limit = settings.http.body_limit_bytes;
-        let openapi = web::Data::new(crate::openapi::OpenApiDocument(crate::openapi::document(
-            &settings,
-        )));
+        let openapi = web::Data::new(crate::openapi::OpenApiDocument::new(&settings, job_types));
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -159,6 +165,11 @@ impl Application {
                 .service(
                     web::resource("/v1/jobs/{id}/result")
                         .route(web::get().to(jobs::result))
+                        .default_service(fallback::method_not_allowed("GET, HEAD")),
+                )
+                .service(
+                    web::resource("/v1/job-types")
+                        .route(web::get().to(crate::routes::job_types::list))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
                 // Operators only (checked by the handler).

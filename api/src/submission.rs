@@ -1,18 +1,23 @@
 //! A job request as the client sent it, parsed into something that is known to be valid
-//! (the job type exists and the input meets its rules) or into every reason it is not.
+//! (the job type is registered and the input meets its schema) or into every reason it is not.
+
+use std::sync::Arc;
 
 use serde_json::Value;
-use shared::job_types::{self, FieldError, JobTypeSpec};
+use shared::job_types::{self, FieldError};
 use shared::webhooks::WebhookSettings;
 
 use crate::error::ApiError;
+use crate::job_types::{Catalog, KnownType};
 
 /// Members a submission may have.
 const MEMBERS: &[&str] = &["type", "input", "priority", "callback_url"];
 
 #[derive(Debug)]
 pub struct Submission {
-    pub spec: &'static JobTypeSpec,
+    pub job_type: Arc<KnownType>,
+    /// Checked against the type's schema (and normalised: integers written as floats are
+    /// integers).
     pub input: Value,
     pub priority: u8,
     /// Checked against the webhook allow-list.
@@ -21,12 +26,16 @@ pub struct Submission {
 
 impl Submission {
     /// Parses a submission on a server without webhooks (every `callback_url` is refused).
-    pub fn parse(body: Value) -> Result<Self, ApiError> {
-        Self::parse_with(body, &NO_WEBHOOKS)
+    pub fn parse(body: Value, types: &Catalog) -> Result<Self, ApiError> {
+        Self::parse_with(body, types, &NO_WEBHOOKS)
     }
 
-    /// Parses a submission, checking a `callback_url` against `webhooks`.
-    pub fn parse_with(body: Value, webhooks: &WebhookSettings) -> Result<Self, ApiError> {
+    /// Parses a submission of one of `types`, checking a `callback_url` against `webhooks`.
+    pub fn parse_with(
+        body: Value,
+        types: &Catalog,
+        webhooks: &WebhookSettings,
+    ) -> Result<Self, ApiError> {
         let Value::Object(mut body) = body else {
             return Err(invalid(vec![FieldError {
                 field: String::new(),
@@ -46,12 +55,18 @@ impl Submission {
                 None
             }
             Some(Value::String(name)) => {
-                let spec = job_types::spec(name);
+                let spec = types.get(name).cloned();
+                if spec.is_none() && !types.loaded {
+                    return Err(ApiError::RegistryUnread);
+                }
                 if spec.is_none() {
-                    errors.push(FieldError::new(
-                        &["type"],
-                        format!("unknown job type; known types: {}", known_types()),
-                    ));
+                    let detail = if types.is_empty() {
+                        "unknown job type; no job type is registered (no worker has started)"
+                            .to_owned()
+                    } else {
+                        format!("unknown job type; known types: {}", types.names())
+                    };
+                    errors.push(FieldError::new(&["type"], detail));
                 }
                 spec
             }
@@ -63,7 +78,14 @@ impl Submission {
 
         let priority = match body.get("priority") {
             None | Some(Value::Null) => 0,
-            Some(v) => match job_types::as_integer(v) {
+            Some(v) => match job_types::as_integer(v).and_then(|p| p.as_u64()) {
+                Some(p) if p > 0 && spec.as_ref().is_some_and(|s| !s.record.priorities) => {
+                    errors.push(FieldError::new(
+                        &["priority"],
+                        "this job type does not take priorities: only 0",
+                    ));
+                    0
+                }
                 Some(p) if p <= 9 => p as u8,
                 _ => {
                     errors.push(FieldError::new(
@@ -91,13 +113,16 @@ impl Submission {
         };
 
         let mut input = body.remove("input").unwrap_or(Value::Null);
-        if let Some(spec) = spec {
-            errors.extend(spec.validate(&input));
-            spec.normalize(&mut input);
+        if let Some(spec) = &spec {
+            let invalid = spec.schema.validate(&input);
+            if invalid.is_empty() {
+                spec.schema.normalize(&mut input);
+            }
+            errors.extend(invalid);
         }
         match spec {
-            Some(spec) if errors.is_empty() => Ok(Submission {
-                spec,
+            Some(job_type) if errors.is_empty() => Ok(Submission {
+                job_type,
                 input,
                 priority,
                 callback_url,
@@ -118,14 +143,6 @@ static NO_WEBHOOKS: WebhookSettings = WebhookSettings {
     concurrency: 1,
 };
 
-fn known_types() -> String {
-    job_types::CATALOG
-        .iter()
-        .map(|s| s.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn invalid(errors: Vec<FieldError>) -> ApiError {
     let detail = match errors.as_slice() {
         [one] if one.field.is_empty() => one.detail.clone(),
@@ -140,6 +157,25 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A catalog of the built-in types' schemas as the workers register them.
+    fn catalog() -> Catalog {
+        let schemas = [
+            ("echo", json!(true), true),
+            (
+                "sleep",
+                json!({"type": "object", "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 3600}}, "required": ["seconds"], "additionalProperties": false}),
+                true,
+            ),
+            (
+                "hash",
+                json!({"type": "object", "properties": {"bytes": {"type": "integer", "minimum": 0, "maximum": 1024}, "seed": {"type": ["integer", "null"], "minimum": 0}}, "required": ["bytes"], "additionalProperties": false}),
+                true,
+            ),
+            ("plain", json!(true), false),
+        ];
+        Catalog::for_tests(schemas.iter().map(|(n, s, p)| (*n, s.clone(), *p)))
+    }
+
     fn fields(result: Result<Submission, ApiError>) -> Vec<String> {
         match result {
             Err(ApiError::Validation { errors, .. }) => {
@@ -151,28 +187,79 @@ mod tests {
 
     #[test]
     fn valid_submission() {
-        let s = Submission::parse(json!({"type": "sleep", "input": {"seconds": 1}, "priority": 3}))
-            .unwrap();
-        assert_eq!(s.spec.name, "sleep");
+        let types = catalog();
+        let s = Submission::parse(
+            json!({"type": "sleep", "input": {"seconds": 1}, "priority": 3}),
+            &types,
+        )
+        .unwrap();
+        assert_eq!(s.job_type.name(), "sleep");
         assert_eq!(s.priority, 3);
+        // An integer written as a float reaches the worker as an integer.
+        let s = Submission::parse(
+            json!({"type": "hash", "input": {"bytes": 8.0, "seed": null}}),
+            &types,
+        )
+        .unwrap();
+        assert_eq!(s.input, json!({"bytes": 8, "seed": null}));
+        assert!(s.input["bytes"].is_u64());
     }
 
     #[test]
     fn names_every_bad_member() {
+        let types = catalog();
         assert_eq!(
             fields(Submission::parse(
-                json!({"type": "hash", "input": {"bytes": "x"}, "priority": 10, "x": 1})
+                json!({"type": "hash", "input": {"bytes": "x"}, "priority": 10, "x": 1}),
+                &types
             )),
             ["x", "priority", "input.bytes"]
         );
-        assert_eq!(fields(Submission::parse(json!({"type": "nope"}))), ["type"]);
-        assert_eq!(fields(Submission::parse(json!({}))), ["type"]);
-        assert_eq!(fields(Submission::parse(json!([1]))), [""]);
-        assert_eq!(fields(Submission::parse(json!({"type": 5}))), ["type"]);
+        assert_eq!(
+            fields(Submission::parse(json!({"type": "nope"}), &types)),
+            ["type"]
+        );
+        assert_eq!(fields(Submission::parse(json!({}), &types)), ["type"]);
+        assert_eq!(fields(Submission::parse(json!([1]), &types)), [""]);
+        assert_eq!(
+            fields(Submission::parse(json!({"type": 5}), &types)),
+            ["type"]
+        );
+        assert_eq!(
+            fields(Submission::parse(json!({"type": "sleep"}), &types)),
+            ["input"]
+        );
+        // A type without priorities takes only 0.
+        assert_eq!(
+            fields(Submission::parse(
+                json!({"type": "plain", "priority": 1}),
+                &types
+            )),
+            ["priority"]
+        );
+        assert!(Submission::parse(json!({"type": "plain", "priority": 0}), &types).is_ok());
+    }
+
+    #[test]
+    fn without_a_registry_every_type_is_unknown() {
+        // Never read (Redis down since the start): not known to be unknown.
+        assert!(matches!(
+            Submission::parse(json!({"type": "echo"}), &Catalog::default()),
+            Err(ApiError::RegistryUnread)
+        ));
+        let empty = Catalog::for_tests([]);
+        match Submission::parse(json!({"type": "echo"}), &empty) {
+            Err(ApiError::Validation { errors, .. }) => {
+                assert_eq!(errors[0].field, "type");
+                assert!(errors[0].detail.contains("no job type is registered"));
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
     }
 
     #[test]
     fn callback_urls_must_be_allowed() {
+        let types = catalog();
         let webhooks = WebhookSettings {
             allowed_hosts: vec!["hooks.example.com".into()],
             secret: "k".into(),
@@ -180,6 +267,7 @@ mod tests {
         };
         let s = Submission::parse_with(
             json!({"type": "echo", "callback_url": "https://hooks.example.com/done"}),
+            &types,
             &webhooks,
         )
         .unwrap();
@@ -196,6 +284,7 @@ mod tests {
             assert_eq!(
                 fields(Submission::parse_with(
                     json!({"type": "echo", "callback_url": bad}),
+                    &types,
                     &webhooks
                 )),
                 ["callback_url"]
@@ -204,7 +293,8 @@ mod tests {
         // Without webhooks configured, every callback is refused.
         assert_eq!(
             fields(Submission::parse(
-                json!({"type": "echo", "callback_url": "https://hooks.example.com/done"})
+                json!({"type": "echo", "callback_url": "https://hooks.example.com/done"}),
+                &types
             )),
             ["callback_url"]
         );

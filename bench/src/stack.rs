@@ -110,7 +110,12 @@ impl Stack {
                 &[("Prefer", "wait=20")],
                 br#"{"type":"echo","input":{"warm":"up"}}"#,
             );
-            let answer = conn.call(&request).await?;
+            // 422 (unknown type) until the facade has read the workers' registration.
+            let mut answer = conn.call(&request).await?;
+            while answer.status == 422 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                answer = conn.call(&request).await?;
+            }
             if answer.status != 303 {
                 return Err(msg(format!(
                     "{}: warm-up job answered {} (workers not consuming?)",

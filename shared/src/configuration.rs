@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use config::{Config, Environment, File, FileFormat};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::access::LimitSettings;
 use crate::access::{AuthSettings, CorsSettings, SigningSettings};
-use crate::job_types::JobTypeSpec;
 use crate::tls::{TlsFiles, TlsPaths};
 use crate::webhooks::WebhookSettings;
 
@@ -177,10 +176,15 @@ pub struct HttpSettings {
 pub struct JobSettings {
     pub retention_seconds: u64,
     pub tombstone_seconds: u64,
-    /// Per job type overrides of the catalog's limits, e.g. `[jobs.limits.sleep]` or
-    /// `APP__JOBS__LIMITS__SLEEP__MAX_RUN_SECONDS=60`.
+    /// Per job type overrides of the limits its declaration gives, e.g. `[jobs.limits.sleep]`
+    /// or `APP__JOBS__LIMITS__SLEEP__MAX_RUN_SECONDS=60` (applied by the worker, which
+    /// registers the limits in force).
     #[serde(default)]
     pub limits: HashMap<String, TypeLimits>,
+    /// How long a job type stays known to the facades after the last worker that served it
+    /// stopped refreshing its registration (seconds): its jobs are accepted and wait in the
+    /// queue meanwhile.
+    pub type_retention_seconds: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,21 +194,25 @@ pub struct TypeLimits {
 }
 
 /// The limits in force for one job type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Limits {
     pub max_attempts: u32,
     pub max_run_seconds: u64,
 }
 
 impl JobSettings {
-    /// The catalog's limits for `spec`, with this configuration's overrides applied.
-    pub fn limits_for(&self, spec: &JobTypeSpec) -> Limits {
-        let overrides = self.limits.get(spec.name).cloned().unwrap_or_default();
+    /// The limits of job type `name` as declared, with this configuration's overrides applied.
+    pub fn limits_for(&self, name: &str, declared: Limits) -> Limits {
+        let overrides = self.limits.get(name).cloned().unwrap_or_default();
         Limits {
-            max_attempts: overrides.max_attempts.unwrap_or(spec.max_attempts).max(1),
+            max_attempts: overrides
+                .max_attempts
+                .unwrap_or(declared.max_attempts)
+                .max(1),
             max_run_seconds: overrides
                 .max_run_seconds
-                .unwrap_or(spec.max_run_seconds)
+                .unwrap_or(declared.max_run_seconds)
                 .max(1),
         }
     }
@@ -236,6 +244,9 @@ pub struct WorkerSettings {
     pub shutdown_grace_seconds: u64,
     /// Seconds between a worker's registry heartbeats (see `shared::fleet`).
     pub heartbeat_seconds: u64,
+    /// The built-in job types this worker serves (and registers); empty: all of them.
+    #[serde(default)]
+    pub types: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +286,8 @@ impl Settings {
                     .with_list_parse_key("auth.keys")
                     .with_list_parse_key("signing.keys")
                     .with_list_parse_key("cors.allowed_origins")
+                    // APP__WORKER__TYPES=echo,hash
+                    .with_list_parse_key("worker.types")
                     // APP__REDIS__CLUSTER_URLS=redis://10.0.0.1:6379,redis://10.0.0.2:6379
                     .with_list_parse_key("redis.cluster_urls"),
             )
@@ -361,6 +374,16 @@ impl Settings {
         if self.worker.heartbeat_seconds == 0 {
             return bad("worker.heartbeat_seconds must be at least 1");
         }
+        if let Some(bad_name) = self
+            .worker
+            .types
+            .iter()
+            .find(|t| !crate::job_types::valid_name(t))
+        {
+            return Err(ConfigError(format!(
+                "worker.types: '{bad_name}' is not a job type name"
+            )));
+        }
         if self.jobs.retention_seconds == 0 {
             return bad("jobs.retention_seconds must be at least 1");
         }
@@ -415,11 +438,11 @@ mod tests {
     #[test]
     fn per_type_limits_can_be_overridden() {
         let mut s = Settings::load(None).unwrap();
-        let sleep = crate::job_types::spec("sleep").unwrap();
-        assert_eq!(
-            s.jobs.limits_for(sleep).max_run_seconds,
-            sleep.max_run_seconds
-        );
+        let sleep = Limits {
+            max_attempts: 3,
+            max_run_seconds: 3660,
+        };
+        assert_eq!(s.jobs.limits_for("sleep", sleep), sleep);
         s.jobs.limits.insert(
             "sleep".into(),
             TypeLimits {
@@ -427,7 +450,7 @@ mod tests {
                 max_run_seconds: Some(2),
             },
         );
-        let limits = s.jobs.limits_for(sleep);
+        let limits = s.jobs.limits_for("sleep", sleep);
         assert_eq!(limits.max_run_seconds, 2);
         assert_eq!(limits.max_attempts, sleep.max_attempts);
     }

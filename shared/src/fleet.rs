@@ -39,6 +39,10 @@ pub struct WorkerRecord {
     pub started_at: String,
     /// RFC 3339: the time of the heartbeat that wrote this record.
     pub last_seen: String,
+    /// The job types it serves (registered in `{prefix}:job-types`, see
+    /// [`crate::job_types`]). Empty in records of older workers.
+    #[serde(default)]
+    pub job_types: Vec<String>,
 }
 
 /// Whether a heartbeat at `last_ms` of a worker beating every `heartbeat_seconds` is still

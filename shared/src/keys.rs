@@ -134,6 +134,12 @@ impl KeyLayout {
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
     }
+
+    /// The job type registry: hash, field `<name>@<schema digest>`, value the
+    /// [`JobTypeRecord`](crate::job_types::JobTypeRecord) as JSON (see [`crate::job_types`]).
+    pub fn job_types(&self) -> String {
+        format!("{}:job-types", self.prefix)
+    }
 }
 
 /// A member of the leases set: the tenant and id of a leased job, written `<tenant>/<id>`.

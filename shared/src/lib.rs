@@ -1,6 +1,6 @@
 //! What the facade (`api`) and the workers (`worker`) agree on: the job and its status
-//! document, the job types' input rules, the queue message, the Redis key layout and the
-//! configuration. Neither side depends on the other; they meet only here.
+//! document, the job type registry (what workers register, how an input is checked against
+//! a type's schema), the queue message, the Redis key layout and the configuration. Neither side depends on the other; they meet only here.
 
 pub mod access;
 pub mod amqp;

@@ -31,6 +31,10 @@ pub struct JobMessage {
     /// decode as the default tenant's.
     #[serde(default)]
     pub tenant: Tenant,
+    /// Digest of the input schema the facade checked `input` against (the registered
+    /// type's `schema_digest`). Absent in messages of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_digest: Option<String>,
 }
 
 impl JobMessage {
@@ -48,7 +52,14 @@ impl JobMessage {
             created_at,
             callback_url: None,
             tenant: Tenant::default(),
+            schema_digest: None,
         }
+    }
+
+    /// The same message, marked as checked against the schema of digest `digest`.
+    pub fn checked_against(mut self, digest: &str) -> Self {
+        self.schema_digest = Some(digest.to_owned());
+        self
     }
 
     /// The same message for `tenant`'s job.

@@ -93,6 +93,10 @@ pub struct StackOptions {
     pub api_env: Vec<(String, String)>,
     /// Wait for /readyz to answer 200 before returning.
     pub wait_ready: bool,
+    /// Register the workers' job types (`worker job-types register`) before the facade
+    /// starts, so its jobs are accepted even by a stack without workers (they wait in the
+    /// queue), and [`Stack::wait_ready`] waits until the facade has read them.
+    pub register_types: bool,
 }
 
 impl Default for StackOptions {
@@ -102,6 +106,7 @@ impl Default for StackOptions {
             env: Vec::new(),
             api_env: Vec::new(),
             wait_ready: true,
+            register_types: true,
         }
     }
 }
@@ -134,6 +139,13 @@ impl StackOptions {
 
     pub fn no_wait(mut self) -> Self {
         self.wait_ready = false;
+        self
+    }
+
+    /// Starts with an empty job type registry: the facade knows the types only once a worker
+    /// registers them.
+    pub fn unregistered(mut self) -> Self {
+        self.register_types = false;
         self
     }
 }
@@ -182,6 +194,17 @@ impl Stack {
             workers: Vec::new(),
             options: options.clone(),
         };
+        if options.register_types {
+            // Needs only Redis; a stack whose Redis is not up yet learns its types from its
+            // workers instead.
+            let (registered, _) = stack.worker_command(&["job-types", "register"]);
+            if !registered {
+                eprintln!(
+                    "{}: could not register the job types in advance",
+                    stack.name
+                );
+            }
+        }
         let mut api_env = options.api_env.clone();
         api_env.push(("APP__HTTP__PORT".into(), port.to_string()));
         stack.api = Some(stack.spawn("api", "api", &api_env));
@@ -246,8 +269,17 @@ impl Stack {
 
     /// Starts one more worker on the same queue.
     pub fn add_worker(&mut self) {
+        self.add_worker_with(&[]);
+    }
+
+    /// Starts one more worker with extra `APP__…` variables (e.g. `APP__WORKER__TYPES`).
+    pub fn add_worker_with(&mut self, env: &[(&str, &str)]) {
         let label = format!("worker{}", self.workers.len() + 1);
-        let child = self.spawn("worker", &label, &[]);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = self.spawn("worker", &label, &env);
         self.workers.push(child);
     }
 
@@ -425,13 +457,17 @@ impl Stack {
         format!("{}{}", self.base, path)
     }
 
-    /// Waits (up to 30 s) until the facade answers /readyz with 200.
+    /// Waits (up to 30 s) until the facade answers /readyz with 200 and, unless the stack
+    /// started [`unregistered`](StackOptions::unregistered), has read the job types.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = self.http.get(self.url("/readyz")).send().await {
                 if r.status() == StatusCode::OK {
-                    return;
+                    let ready: Value = r.json().await.unwrap_or_default();
+                    if !self.options.register_types || ready["job_types"]["registry"] == "loaded" {
+                        return;
+                    }
                 }
             }
             assert!(
@@ -569,8 +605,8 @@ impl Stack {
     }
 
     /// Every Redis key under this stack's prefix, except the worker fleet registry's
-    /// (`<prefix>:worker:<id>`, `<prefix>:workers`), which running workers keep whatever a test
-    /// does.
+    /// (`<prefix>:worker:<id>`, `<prefix>:workers`) and the job type registry
+    /// (`<prefix>:job-types`), which running workers keep whatever a test does.
     pub async fn redis_keys(&self) -> Vec<String> {
         let mut conn = self.redis().await;
         let mut keys = Vec::new();
@@ -588,11 +624,12 @@ impl Stack {
             let fleet = [
                 format!("{}:workers", self.prefix),
                 format!("{}:worker:", self.prefix),
+                format!("{}:job-types", self.prefix),
             ];
             keys.extend(
                 batch
                     .into_iter()
-                    .filter(|k| *k != fleet[0] && !k.starts_with(&fleet[1])),
+                    .filter(|k| *k != fleet[0] && !k.starts_with(&fleet[1]) && *k != fleet[2]),
             );
             if next == 0 {
                 return keys;

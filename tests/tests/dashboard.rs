@@ -97,7 +97,6 @@ async fn dashboard_assets_have_types_etags_and_a_strict_policy() {
         ("/dashboard/app.js", "text/javascript; charset=utf-8"),
         ("/dashboard/app.css", "text/css; charset=utf-8"),
         ("/dashboard/favicon.svg", "image/svg+xml"),
-        ("/dashboard/job-types.json", "application/json"),
     ] {
         let response = stack.http.get(stack.url(path)).send().await.expect(path);
         assert_eq!(response.status(), StatusCode::OK, "{path}");
@@ -136,16 +135,26 @@ async fn dashboard_assets_have_types_etags_and_a_strict_policy() {
         .expect("gzip");
     assert_eq!(response.headers()["content-encoding"], "gzip");
 
-    // The catalog the form offers is the service's own.
-    let types: Value = stack.get_json("/dashboard/job-types.json").await;
-    let names: Vec<&str> = types
+    // The form offers the registered types (GET /v1/job-types, which the page reads); the
+    // page no longer carries a catalog of its own.
+    let types: Value = stack.get_json("/v1/job-types").await;
+    let names: Vec<&str> = types["job_types"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["echo", "sleep", "hash", "fail"]);
-    assert_eq!(types[1]["example"], json!({"seconds": 10}));
+    assert_eq!(names, ["echo", "fail", "hash", "sleep"]);
+    assert_eq!(types["job_types"][3]["example"], json!({"seconds": 0.5}));
+    let script = stack.get_text("/dashboard/app.js").await;
+    assert!(script.contains("'/v1/job-types'"));
+    let gone = stack
+        .http
+        .get(stack.url("/dashboard/job-types.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
 
     let response = stack
         .http

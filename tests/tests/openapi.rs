@@ -84,6 +84,7 @@ async fn the_document_describes_the_contract() {
         ("/v1/jobs/{id}", &["get", "delete"]),
         ("/v1/jobs/{id}/result", &["get"]),
         ("/v1/jobs/{id}/events", &["get"]),
+        ("/v1/job-types", &["get"]),
         ("/v1/workers", &["get"]),
         ("/v1/overview", &["get"]),
         ("/healthz", &["get"]),
@@ -238,7 +239,7 @@ async fn the_document_describes_the_contract() {
         set(&["query:status", "query:type", "query:limit", "query:cursor"])
     );
 
-    // The request body: one alternative per job type of the catalog, unknown members refused.
+    // The request body: one alternative per registered job type, unknown members refused.
     let request = &doc["components"]["schemas"]["JobRequest"];
     let types: BTreeSet<&str> = request["oneOf"]
         .as_array()

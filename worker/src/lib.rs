@@ -18,4 +18,4 @@ pub mod startup;
 pub mod webhook;
 
 pub use context::JobContext;
-pub use jobs::{JobFailure, Registry};
+pub use jobs::{JobFailure, JobType, Registry};

@@ -24,6 +24,18 @@ enum Command {
     /// Inspect or replay the dead-letter queue (`<queue>.dead`).
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// The job types this worker serves (`worker.types`).
+    #[command(subcommand)]
+    JobTypes(JobTypesCommand),
+}
+
+#[derive(Subcommand)]
+enum JobTypesCommand {
+    /// Print what this worker registers about each type, one JSON object a line.
+    List,
+    /// Register the types with the facades (in Redis) and exit, without serving them: their
+    /// jobs are accepted and wait in the queue until a worker serving them starts.
+    Register,
 }
 
 #[derive(Subcommand)]
@@ -75,13 +87,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args, settings: Settings) -> ExitCode {
+    // Register your own job types here (see README, "Adding a job type").
+    let registry = match Registry::builtin().only(&settings.worker.types) {
+        Ok(registry) => registry,
+        Err(e) => {
+            eprintln!("invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match args.command.unwrap_or(Command::Run) {
         Command::Run => {
             // Only the worker logs; the tools print their result alone on stdout.
             let telemetry =
                 shared::telemetry::init_for("worker", &settings.log, &settings.telemetry);
-            // Register your own job types here (see README, "Adding a job type").
-            let registry = Registry::builtin();
             let shutdown = startup::shutdown_signal();
             let code = match startup::run(settings, registry, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -93,6 +111,25 @@ async fn run(args: Args, settings: Settings) -> ExitCode {
             // Send the spans still buffered before exiting.
             telemetry.shutdown();
             code
+        }
+        Command::JobTypes(JobTypesCommand::List) => {
+            let now = chrono::Utc::now().timestamp_millis();
+            for record in registry.records(&settings.jobs, now, now) {
+                println!("{}", serde_json::to_string(&record).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::JobTypes(JobTypesCommand::Register) => {
+            match worker::fleet::register_once(&settings, &registry).await {
+                Ok(n) => {
+                    println!("{}", serde_json::json!({ "registered": n }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot register the job types: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::DeadLetters(DeadLetterCommand::List { limit }) => {
             match dead_letters::list(&settings, limit).await {

@@ -27,7 +27,6 @@ use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::Channel;
 use shared::configuration::{AmqpSettings, JobSettings, Limits};
-use shared::job_types::{self, JobTypeSpec};
 use shared::message::MESSAGE_VERSION;
 use shared::publish::{publish_confirmed, traceparent_of, Outgoing};
 use shared::topology;
@@ -43,7 +42,7 @@ use crate::cancel::Cancels;
 use crate::cancel::Registration;
 use crate::context::JobContext;
 use crate::job_store::{FreshStart, JobStore, StoreError, Transition};
-use crate::jobs::{JobFailure, Registry};
+use crate::jobs::{JobFailure, JobType, Registry};
 use crate::metrics;
 
 /// How long a terminal write is retried (with back-off) before the message is requeued.
@@ -222,7 +221,7 @@ impl Processor {
             Ok(started) => started,
             Err(settle) => return settle,
         };
-        let limits = self.jobs.limits_for(spec);
+        let limits = spec.limits_in(&self.jobs);
 
         // Could this delivery stay unacknowledged past the broker's consumer timeout? Then
         // take a lease and acknowledge now, or the broker would close the channel and hand the
@@ -244,7 +243,7 @@ impl Processor {
         }
         // Debug: "job finished" (info) is the one line per job at the default level.
         tracing::debug!(attempt = running.attempts, leased, "job started");
-        metrics::STARTED.with_label_values(&[spec.name]).inc();
+        metrics::STARTED.with_label_values(&[spec.name()]).inc();
         metrics::IN_FLIGHT.inc();
         let run_started = Instant::now();
 
@@ -255,7 +254,7 @@ impl Processor {
             cancel.token(),
         );
         let outcome = self
-            .run_handler(spec.name, limits, message, ctx.clone(), leased)
+            .run_handler(spec.name(), limits, message, ctx.clone(), leased)
             .await;
         drop(cancel);
         metrics::IN_FLIGHT.dec();
@@ -269,7 +268,7 @@ impl Processor {
         // outnumber `concurrency`: by as many as are storing their outcome.)
         drop(slot);
         metrics::RUN_TIME
-            .with_label_values(&[spec.name])
+            .with_label_values(&[spec.name()])
             .observe(run_started.elapsed().as_secs_f64());
         let priority = delivery.properties.priority().unwrap_or(0);
         let traceparent = traceparent_of(&delivery.properties);
@@ -315,15 +314,15 @@ impl Processor {
         &self,
         message: &JobMessage,
         publisher: &Channel,
-    ) -> Result<(&'static JobTypeSpec, StatusDocument, Registration), Settle> {
+    ) -> Result<(Arc<JobType>, StatusDocument, Registration), Settle> {
         let id = message.id;
-        let spec = job_types::spec(&message.job_type).filter(|s| self.registry.contains(s.name));
+        let spec = self.registry.get(&message.job_type).cloned();
         // The common case first: the job is still exactly as the facade recorded it (its
         // document is rebuilt from the message), so one script checks that and starts it. Any
         // other state (a redelivery, a retry, a cancel, a facade of another version writing
         // another document) falls through to the general path with the stored document.
         let mut stored = None;
-        if let Some(spec) = spec {
+        if let Some(spec) = &spec {
             let queued = StatusDocument::queued(id, &message.job_type, message.created_at)
                 .with_callback(message.callback_url.as_deref());
             if let Ok(queued_bytes) = serde_json::to_vec(&queued) {
@@ -334,7 +333,7 @@ impl Processor {
                         if cancel_requested {
                             cancel.cancel();
                         }
-                        return Ok((spec, running, cancel));
+                        return Ok((spec.clone(), running, cancel));
                     }
                     Ok(FreshStart::Missing) => return Err(no_record()),
                     Ok(FreshStart::Other(doc)) => stored = doc,
@@ -368,7 +367,7 @@ impl Processor {
             };
             return Err(self.give_up(doc, failure, publisher).await);
         };
-        let limits = self.jobs.limits_for(spec);
+        let limits = spec.limits_in(&self.jobs);
         // Found `running`: the last start ended without an outcome (its worker died). Only
         // those count towards giving up here; failed attempts were counted when they failed.
         if doc.status == JobStatus::Running && doc.attempts >= limits.max_attempts {

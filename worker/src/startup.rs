@@ -26,15 +26,10 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let id = worker_id();
-    for spec in shared::job_types::CATALOG {
-        if registry.contains(spec.name) {
-            continue;
-        }
-        tracing::warn!(
-            job_type = spec.name,
-            "no handler for a catalog job type; its jobs will fail here"
-        );
-    }
+    tracing::info!(
+        job_types = %registry.names().collect::<Vec<_>>().join(","),
+        "serving these job types"
+    );
     let store = JobStore::new(&settings.redis, &settings.jobs, id.clone())?;
     // Says at once when Redis cannot be reached (a TLS failure as an error); jobs would only
     // meet it when they run.
@@ -67,7 +62,8 @@ pub async fn run(
         );
         tokio::spawn(crate::metrics::serve(address, shutdown.clone()));
     }
-    let fleet = crate::fleet::Fleet::start(&settings, &id, shutdown.clone());
+    // Registers the job types with the facades, then keeps the registration fresh.
+    let fleet = crate::fleet::Fleet::start(&settings, &id, &processor.registry, shutdown.clone());
     tracing::info!(worker_id = %id, "worker starting");
     Consumer {
         nodes: shared::amqp::Nodes::new(&settings.amqp),

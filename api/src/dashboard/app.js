@@ -673,25 +673,34 @@
 
   // ---- submit -------------------------------------------------------------------------------
 
+  // The types the workers registered (GET /v1/job-types, read with the caller's key): the
+  // form offers each with its description and example input; a type no live worker serves
+  // is marked (its jobs are accepted and wait in the queue).
   let jobTypes = [];
   async function loadJobTypes() {
-    const res = await fetch('/dashboard/job-types.json');
-    jobTypes = await res.json();
+    jobTypes = (await getJson('/v1/job-types')).job_types;
     const select = $('submit-type');
+    const chosen = select.value;
     select.replaceChildren(...jobTypes.map((t) => {
-      const o = el('option', '', t.name);
+      const o = el('option', '', t.workers > 0 ? t.name : `${t.name} (no live worker)`);
       o.value = t.name;
       return o;
     }));
-    const sleepType = jobTypes.find((t) => t.name === 'sleep');
-    if (sleepType) select.value = 'sleep';
+    if (!jobTypes.length) {
+      showSubmitError('No job type is registered yet: start a worker.', []);
+      return;
+    }
+    const names = jobTypes.map((t) => t.name);
+    if (names.includes(chosen)) select.value = chosen;
+    else if (names.includes('sleep')) select.value = 'sleep';
     onTypeChange();
   }
 
   function onTypeChange() {
     const t = jobTypes.find((x) => x.name === $('submit-type').value);
     if (!t) return;
-    setText($('submit-desc'), t.description.replace(/`/g, ''));
+    const note = t.workers > 0 ? '' : ' No live worker serves it now: its jobs wait in the queue.';
+    setText($('submit-desc'), t.description.replace(/`/g, '') + note);
     $('submit-input').value = JSON.stringify(t.example);
     $('submit-error').hidden = true;
   }
@@ -784,6 +793,7 @@
     $('banner').hidden = true;
     setConn('connecting', 'connecting…');
     refresher.now();
+    loadJobTypes().catch((e) => showSubmitError('Could not load the job types.', [e.message]));
     if (watch) {
       const id = watch.id;
       watch.controller.abort();

@@ -1,4 +1,6 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (it can reach RabbitMQ and Redis).
+//! `/readyz` also tells which job types are registered and whether a live worker serves each;
+//! that is information, not readiness: a type without a worker still takes jobs (they wait).
 
 use std::time::Duration;
 
@@ -59,8 +61,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     });
     // Shedding or limiting is not unreadiness: the instance still answers polls.
     let limits = state.limits.report(state.estimates.queue_depth().await);
+    let job_types = state.job_types.current().readiness();
     if redis_down.is_none() && rabbitmq_down.is_none() {
-        HttpResponse::Ok().json(json!({ "status": "ready", "checks": checks, "limits": limits }))
+        HttpResponse::Ok().json(json!({
+            "status": "ready",
+            "checks": checks,
+            "limits": limits,
+            "job_types": job_types,
+        }))
     } else {
         let down: Vec<String> = [("redis", redis_down), ("rabbitmq", rabbitmq_down)]
             .into_iter()

@@ -11,7 +11,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use shared::job::JOBS_PATH;
-use shared::{job_types, JobId, JobStatus};
+use shared::{JobId, JobStatus};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -46,7 +46,8 @@ fn invalid(name: &str, detail: impl std::fmt::Display) -> ApiError {
 }
 
 impl ListQuery {
-    pub fn parse(query: &str) -> Result<Self, ApiError> {
+    /// Parses the query; a `type` must be one of `types`.
+    pub fn parse(query: &str, types: &crate::job_types::Catalog) -> Result<Self, ApiError> {
         let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
             .map_err(|e| invalid("query", e))?
             .into_inner();
@@ -84,14 +85,16 @@ impl ListQuery {
                     parsed.filter.status = Some(*status);
                 }
                 "type" => {
-                    let spec = job_types::spec(value).ok_or_else(|| {
-                        let known: Vec<&str> = job_types::CATALOG.iter().map(|s| s.name).collect();
-                        invalid(
+                    if types.get(value).is_none() && !types.loaded {
+                        return Err(ApiError::RegistryUnread);
+                    }
+                    if types.get(value).is_none() {
+                        return Err(invalid(
                             "type",
-                            format!("unknown job type; known types: {}", known.join(", ")),
-                        )
-                    })?;
-                    parsed.filter.job_type = Some(spec.name.to_owned());
+                            format!("unknown job type; known types: {}", types.names()),
+                        ));
+                    }
+                    parsed.filter.job_type = Some(value.to_owned());
                 }
                 "limit" => {
                     parsed.limit = value
@@ -154,7 +157,7 @@ pub async fn list(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_poll(&caller)?;
-    let query = ListQuery::parse(req.query_string())?;
+    let query = ListQuery::parse(req.query_string(), &state.job_types.current())?;
     let page = state
         .store
         .for_tenant(&caller.tenant)
@@ -270,13 +273,15 @@ mod tests {
 
     #[test]
     fn query_checks_every_parameter() {
-        let q = ListQuery::parse("").unwrap();
+        let types =
+            crate::job_types::Catalog::for_tests([("sleep", serde_json::json!(true), true)]);
+        let q = ListQuery::parse("", &types).unwrap();
         assert_eq!(q.limit, DEFAULT_LIMIT);
-        let q = ListQuery::parse("status=failed&type=sleep&limit=100").unwrap();
+        let q = ListQuery::parse("status=failed&type=sleep&limit=100", &types).unwrap();
         assert_eq!(q.filter.status, Some(JobStatus::Failed));
         assert_eq!(q.filter.job_type.as_deref(), Some("sleep"));
         assert_eq!(q.limit, 100);
-        let name = |query: &str| match ListQuery::parse(query) {
+        let name = |query: &str| match ListQuery::parse(query, &types) {
             Err(ApiError::InvalidParameter { name, .. }) => name,
             other => panic!("{query}: {other:?}"),
         };

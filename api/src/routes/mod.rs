@@ -5,6 +5,7 @@ pub mod dashboard;
 pub mod events;
 pub mod fallback;
 pub mod health;
+pub mod job_types;
 pub mod jobs;
 pub mod list;
 pub mod metrics;

@@ -20,7 +20,8 @@ use crate::submission::Submission;
 
 /// Submit a job
 ///
-/// Validates the request and the job type's input rules, records the job as `queued` in Redis,
+/// Validates the request and the input against its job type's schema (as the workers registered
+/// it; see `GET /v1/job-types`), records the job as `queued` in Redis,
 /// publishes it (persistent, confirmed) and only then answers `202` with `Location` (the status
 /// monitor) and `Retry-After`. Nothing is queued for a request that gets a 4xx.
 #[utoipa::path(
@@ -95,15 +96,18 @@ async fn submit_traced(
     )
     .await?;
     let idempotency = Idempotency::from_request(&req, &body)?;
-    let submission = Submission::parse_with(body, &state.settings.webhooks)?;
+    let submission =
+        Submission::parse_with(body, &state.job_types.current(), &state.settings.webhooks)?;
+    let job_type = submission.job_type.name();
 
     let id = JobId::new();
     tracing::Span::current().record("job_id", tracing::field::display(&id));
     let now = Utc::now();
-    let doc = StatusDocument::queued(id, submission.spec.name, now)
-        .with_callback(submission.callback_url.as_deref());
+    let doc =
+        StatusDocument::queued(id, job_type, now).with_callback(submission.callback_url.as_deref());
     let doc_bytes = serde_json::to_vec(&doc).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
-    let message = JobMessage::new(id, submission.spec.name, submission.input, now)
+    let message = JobMessage::new(id, job_type, submission.input, now)
+        .checked_against(&submission.job_type.record.schema_digest)
         .with_callback(submission.callback_url.clone())
         .for_tenant(&caller.tenant);
     let payload =
@@ -147,13 +151,13 @@ async fn submit_traced(
     // request's thread; two more per job cost about 5% of the CPU per job end to end.
     tracing::debug!(
         job_id = %id,
-        job_type = submission.spec.name,
+        job_type,
         tenant = %caller.tenant,
         trace_id = %trace.trace_id(),
         "job queued"
     );
     crate::metrics::JOBS_SUBMITTED
-        .with_label_values(&[submission.spec.name])
+        .with_label_values(&[job_type])
         .inc();
     claim.complete().await;
 

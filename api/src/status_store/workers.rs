@@ -1,4 +1,5 @@
-//! Reading the worker fleet registry that workers keep in Redis (see `shared::fleet`).
+//! Reading the worker fleet registry and the job type registry that workers keep in Redis
+//! (see `shared::fleet` and `shared::job_types`).
 
 use std::sync::LazyLock;
 
@@ -71,6 +72,18 @@ impl StatusStore {
             }
             live.sort_by(|a, b| a.id.cmp(&b.id));
             Ok(live)
+        })
+        .await
+    }
+
+    /// Every record of the job type registry: (field, JSON), undecoded.
+    pub async fn job_type_records(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.with_conn(|store, mut conn| async move {
+            let records: Vec<(String, String)> = redis::cmd("HGETALL")
+                .arg(store.keys.job_types())
+                .query_async(&mut conn)
+                .await?;
+            Ok(records)
         })
         .await
     }

@@ -116,6 +116,10 @@ enum Command {
     },
     /// List the workers (GET /v1/workers).
     Workers,
+    /// List the job types the server accepts (GET /v1/job-types): name, state, live workers,
+    /// priorities, longest run and description; with --json, each type's input schema and
+    /// example too.
+    Types,
 }
 
 fn main() -> ExitCode {
@@ -299,6 +303,17 @@ async fn run(cli: Cli) -> u8 {
             }
             OK
         }
+        Command::Types => match client.get_json("v1/job-types").await {
+            Ok(body) if json => {
+                print_json(&body);
+                OK
+            }
+            Ok(body) => {
+                print_types(&body);
+                OK
+            }
+            Err(e) => report(&e, json),
+        },
         Command::Workers => match client.get_json("v1/workers").await {
             Ok(body) => {
                 print_json(&body);
@@ -316,6 +331,37 @@ async fn run(cli: Cli) -> u8 {
             }
             Err(e) => report(&e, json),
         },
+    }
+}
+
+/// The job types as a table, one a line.
+fn print_types(body: &Value) {
+    let types = body["job_types"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if types.is_empty() {
+        println!("no job type is registered (no worker has started)");
+        return;
+    }
+    println!(
+        "{:<20} {:<15} {:>7} {:<10} {:>8}  DESCRIPTION",
+        "TYPE", "STATE", "WORKERS", "PRIORITIES", "MAX RUN"
+    );
+    for t in types {
+        println!(
+            "{:<20} {:<15} {:>7} {:<10} {:>7}s  {}",
+            t["name"].as_str().unwrap_or("?"),
+            t["state"].as_str().unwrap_or("?"),
+            t["workers"].as_u64().unwrap_or(0),
+            if t["priorities"] == Value::Bool(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            t["limits"]["max_run_seconds"].as_u64().unwrap_or(0),
+            t["description"].as_str().unwrap_or(""),
+        );
     }
 }
 

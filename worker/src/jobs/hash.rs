@@ -3,12 +3,41 @@
 //! can recompute a result. The work runs on the blocking pool, reporting progress every chunk,
 //! so it never stalls the worker's other jobs.
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::job_types::HashInput;
 
-use super::JobFailure;
+use super::{JobFailure, JobType};
 use crate::context::JobContext;
+
+/// Most bytes a `hash` job may generate (1 GiB).
+pub const MAX_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HashInput {
+    /// How many bytes to generate and hash, up to 1 GiB.
+    #[schemars(range(max = MAX_BYTES))]
+    pub bytes: u64,
+    /// Seed of the byte generator (default 0).
+    pub seed: Option<u64>,
+}
+
+/// `hash`'s declaration.
+pub fn job_type() -> JobType {
+    JobType::new(
+        "hash",
+        "SHA-256 of `bytes` bytes generated from `seed` (CPU-bound), with progress.",
+        HashInput {
+            bytes: 1_000_000,
+            seed: Some(1),
+        },
+        run,
+    )
+    .max_attempts(3)
+    .max_run_seconds(600)
+    .priorities(true)
+}
 
 /// Bytes hashed between two progress reports (a multiple of [`PIECE`]).
 const CHUNK: u64 = 4 << 20;
@@ -56,6 +85,7 @@ pub async fn run(input: HashInput, ctx: JobContext) -> Result<HashOutput, JobFai
     // slow). Progress is reported from the blocking thread without waiting for its write, and
     // a cancel is noticed between pieces.
     let total = input.bytes;
+    let seed = input.seed.unwrap_or(0);
     let progress = ctx.clone();
     // Canceled with the job, or when this future is dropped (the job timed out or was
     // canceled): the blocking loop stops at its next piece instead of hashing on for nobody.
@@ -63,7 +93,7 @@ pub async fn run(input: HashInput, ctx: JobContext) -> Result<HashOutput, JobFai
     let _stop_on_drop = stop.clone().drop_guard();
     let digest = tokio::task::spawn_blocking(move || {
         let mut hasher = Sha256::new();
-        let mut generator = SplitMix64::new(input.seed);
+        let mut generator = SplitMix64::new(seed);
         let mut buf = vec![0u8; PIECE.min(total as usize)];
         let mut done = 0u64;
         while done < total {
@@ -95,7 +125,7 @@ pub async fn run(input: HashInput, ctx: JobContext) -> Result<HashOutput, JobFai
     Ok(HashOutput {
         sha256: hex::encode(digest),
         bytes: input.bytes,
-        seed: input.seed,
+        seed,
     })
 }
 
@@ -118,16 +148,30 @@ mod tests {
     async fn chunking_does_not_change_the_digest() {
         let bytes = CHUNK * 2 + PIECE as u64 * 3 + 13;
         let ctx = JobContext::detached(StatusDocument::queued(JobId::new(), "hash", Utc::now()));
-        let out = run(HashInput { bytes, seed: 42 }, ctx.clone())
-            .await
-            .unwrap();
+        let out = run(
+            HashInput {
+                bytes,
+                seed: Some(42),
+            },
+            ctx.clone(),
+        )
+        .await
+        .unwrap();
         let mut all = vec![0u8; bytes as usize];
         SplitMix64::new(42).fill(&mut all);
         assert_eq!(out.sha256, hex::encode(Sha256::digest(&all)));
         assert_eq!(ctx.latest_progress().unwrap().percent, 100.0);
         // The empty input hashes to SHA-256 of nothing.
         let ctx = JobContext::detached(StatusDocument::queued(JobId::new(), "hash", Utc::now()));
-        let out = run(HashInput { bytes: 0, seed: 1 }, ctx).await.unwrap();
+        let out = run(
+            HashInput {
+                bytes: 0,
+                seed: Some(1),
+            },
+            ctx,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             out.sha256,
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -140,7 +184,7 @@ mod tests {
         let ctx = JobContext::detached(StatusDocument::queued(JobId::new(), "hash", Utc::now()));
         let input = HashInput {
             bytes: 1 << 40,
-            seed: 3,
+            seed: Some(3),
         };
         let timed_out =
             tokio::time::timeout(Duration::from_millis(100), run(input, ctx.clone())).await;

@@ -1,26 +1,41 @@
-//! The job handlers this worker runs, registered by name. A handler is an async function over
-//! a typed input and output:
+//! The job types this worker serves. A job type is declared once, as a [`JobType`]: its name,
+//! description, an example input, limits, whether it takes priorities, and its handler, an
+//! async function over a typed input and output:
 //!
 //! ```ignore
-//! async fn run(input: MyInput, ctx: JobContext) -> Result<MyOutput, JobFailure>
+//! #[derive(Deserialize, Serialize, JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! struct MyInput { /* … */ }
+//!
+//! async fn run(input: MyInput, ctx: JobContext) -> Result<MyOutput, JobFailure> { /* … */ }
+//!
+//! JobType::new("my-type", "What it does.", MyInput { /* an example */ }, run)
+//!     .max_run_seconds(120)
 //! ```
 //!
-//! and `Registry::register("my-type", run)` makes it available. The name must also be in the
-//! shared catalog (`shared::job_types::CATALOG`), where the facade finds its input rules.
+//! The input's JSON Schema (draft 2020-12) is derived from `MyInput` (`schemars`), so the
+//! rules the facade checks a submission against and the type the handler receives are one
+//! thing: whatever the facade accepts deserialises here. `Registry::register` adds a type;
+//! the worker registers every type it serves with the facades when it starts (see
+//! `crate::fleet`), and the facades learn it from there. The built-ins (`echo`, `sleep`,
+//! `hash`, `fail`) are declared the same way, in the modules below.
 
 pub mod echo;
 pub mod fail;
 pub mod hash;
 pub mod sleep;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use shared::configuration::{JobSettings, Limits};
+use shared::job_types::{schema_digest, valid_name, JobTypeRecord};
 use shared::{JobError, JobErrorKind};
 
 use crate::context::JobContext;
@@ -54,7 +69,9 @@ impl JobFailure {
         }
     }
 
-    /// The input breaks a rule only the handler could check (the client's fault: 422).
+    /// The input breaks a rule only the handler could check (the client's fault: 422). The
+    /// input's shape (types, ranges, required and unknown fields) is the schema's, checked by
+    /// the facade before the job was queued.
     pub fn input_rejected(message: impl Into<String>) -> Self {
         JobFailure {
             kind: JobErrorKind::InputRejected,
@@ -71,10 +88,190 @@ impl JobFailure {
 type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, JobFailure>> + Send>>;
 type ErasedHandler = Arc<dyn Fn(Value, JobContext) -> BoxFuture + Send + Sync>;
 
-/// Shared: every job's processor holds the registry.
+/// Limits of a type whose declaration does not set them.
+pub const DEFAULT_LIMITS: Limits = Limits {
+    max_attempts: 3,
+    max_run_seconds: 30,
+};
+
+/// The JSON Schema (draft 2020-12) of `I`, every subschema inlined so the schema stands alone
+/// (the facade embeds it in its OpenAPI document, where `#/$defs/…` would point nowhere). A
+/// recursive type keeps its `$defs`.
+pub fn input_schema<I: JsonSchema>() -> Value {
+    let mut schema = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<I>();
+    // The Rust type's name says nothing to a client.
+    schema.remove("title");
+    let mut schema = schema.to_value();
+    bound_integers(&mut schema);
+    schema
+}
+
+/// Gives every integer of a fixed-width Rust type (`"format": "uint64"`, …) the bounds of its
+/// type, where the declaration set none: schemars writes `minimum: 0` for an unsigned type but
+/// no maximum, so without this `2e19` would pass the schema and fail to deserialise.
+fn bound_integers(schema: &mut Value) {
+    match schema {
+        Value::Object(object) => {
+            let bounds: Option<(Value, Value)> = match object.get("format").and_then(Value::as_str)
+            {
+                Some("uint8") => Some((0.into(), u8::MAX.into())),
+                Some("uint16") => Some((0.into(), u16::MAX.into())),
+                Some("uint32") => Some((0.into(), u32::MAX.into())),
+                Some("uint64" | "uint") => Some((0.into(), u64::MAX.into())),
+                Some("int8") => Some((i8::MIN.into(), i8::MAX.into())),
+                Some("int16") => Some((i16::MIN.into(), i16::MAX.into())),
+                Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                Some("int64" | "int") => Some((i64::MIN.into(), i64::MAX.into())),
+                _ => None,
+            };
+            if let Some((min, max)) = bounds {
+                object.entry("minimum").or_insert(min);
+                object.entry("maximum").or_insert(max);
+            }
+            object.values_mut().for_each(bound_integers);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_integers),
+        _ => {}
+    }
+}
+
+/// One job type: what the facade learns about it, and the handler.
+pub struct JobType {
+    name: String,
+    description: String,
+    input_schema: Value,
+    example: Value,
+    limits: Limits,
+    priorities: bool,
+    handler: ErasedHandler,
+    /// Deserialises an input into the handler's input type, without running anything.
+    decode: fn(Value) -> Result<(), String>,
+}
+
+impl std::fmt::Debug for JobType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobType")
+            .field("name", &self.name)
+            .field("limits", &self.limits)
+            .field("priorities", &self.priorities)
+            .finish_non_exhaustive()
+    }
+}
+
+fn decode<I: DeserializeOwned>(input: Value) -> Result<(), String> {
+    serde_json::from_value::<I>(input)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+impl JobType {
+    /// A job type named `name` (1 to 64 of `a-z 0-9 . _ -`) whose handler takes an `I`;
+    /// `example` is shown to clients as a valid input. Limits default to
+    /// [`DEFAULT_LIMITS`]; priorities are off unless [`priorities`](Self::priorities) turns
+    /// them on.
+    ///
+    /// # Panics
+    /// If `name` is not a valid job type name (a mistake in the declaring code).
+    pub fn new<I, O, F, Fut>(name: &str, description: &str, example: I, handler: F) -> Self
+    where
+        I: JsonSchema + DeserializeOwned + Serialize + Send + 'static,
+        O: Serialize + Send + 'static,
+        F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, JobFailure>> + Send + 'static,
+    {
+        assert!(valid_name(name), "invalid job type name {name:?}");
+        let handler = Arc::new(handler);
+        let erased: ErasedHandler = Arc::new(move |input: Value, ctx: JobContext| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                // The facade checked the input against this type's schema, which is derived
+                // from `I`: this fails only for a job checked against another version's.
+                let input: I = serde_json::from_value(input)
+                    .map_err(|e| JobFailure::input_rejected(format!("invalid input: {e}")))?;
+                let output = handler(input, ctx).await?;
+                serde_json::to_value(output)
+                    .map_err(|e| JobFailure::permanent(format!("cannot encode the result: {e}")))
+            }) as BoxFuture
+        });
+        JobType {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            input_schema: input_schema::<I>(),
+            // An example that does not serialise is a bug of the declaration; null is
+            // still a document.
+            example: serde_json::to_value(&example).unwrap_or(Value::Null),
+            limits: DEFAULT_LIMITS,
+            priorities: false,
+            handler: erased,
+            decode: decode::<I>,
+        }
+    }
+
+    /// Most runs of one job: a transient failure is retried until this many attempts were
+    /// made, and a job whose worker keeps dying is given up after this many starts.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.limits.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Longest one run may take before it is stopped and the job fails with a timeout.
+    pub fn max_run_seconds(mut self, seconds: u64) -> Self {
+        self.limits.max_run_seconds = seconds.max(1);
+        self
+    }
+
+    /// Whether the type's jobs are ordered by the submission's `priority` (0-9).
+    pub fn priorities(mut self, on: bool) -> Self {
+        self.priorities = on;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn input_schema(&self) -> &Value {
+        &self.input_schema
+    }
+
+    pub fn example(&self) -> &Value {
+        &self.example
+    }
+
+    /// The declared limits with the configuration's overrides (`jobs.limits.<name>`).
+    pub fn limits_in(&self, jobs: &JobSettings) -> Limits {
+        jobs.limits_for(&self.name, self.limits)
+    }
+
+    /// Whether `input` deserialises into the handler's input type (the error if not).
+    pub fn decode(&self, input: Value) -> Result<(), String> {
+        (self.decode)(input)
+    }
+
+    /// What the worker registers about this type.
+    pub fn record(&self, jobs: &JobSettings, registered_at_ms: i64, now_ms: i64) -> JobTypeRecord {
+        JobTypeRecord {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            input_schema: self.input_schema.clone(),
+            example: self.example.clone(),
+            limits: self.limits_in(jobs),
+            priorities: self.priorities,
+            schema_digest: schema_digest(&self.input_schema),
+            worker_version: env!("CARGO_PKG_VERSION").to_owned(),
+            registered_at_ms,
+            refreshed_at_ms: now_ms,
+        }
+    }
+}
+
+/// The job types of a worker, by name. Shared: every job's processor holds the registry.
 #[derive(Clone, Default)]
 pub struct Registry {
-    handlers: Arc<HashMap<String, ErasedHandler>>,
+    types: Arc<BTreeMap<String, Arc<JobType>>>,
 }
 
 impl Registry {
@@ -84,46 +281,74 @@ impl Registry {
 
     /// The built-in types: `echo`, `sleep`, `hash`, `fail`.
     pub fn builtin() -> Self {
-        use shared::job_types::{ECHO, FAIL, HASH, SLEEP};
         let mut registry = Self::new();
-        registry.register(ECHO, echo::run);
-        registry.register(SLEEP, sleep::run);
-        registry.register(HASH, hash::run);
-        registry.register(FAIL, fail::run);
+        registry
+            .register(echo::job_type())
+            .register(sleep::job_type())
+            .register(hash::job_type())
+            .register(fail::job_type());
         registry
     }
 
-    /// Registers `handler` under `name`, replacing any handler of that name.
-    pub fn register<I, O, F, Fut>(&mut self, name: &str, handler: F) -> &mut Self
-    where
-        I: DeserializeOwned + Send + 'static,
-        O: Serialize + Send + 'static,
-        F: Fn(I, JobContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<O, JobFailure>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        let erased: ErasedHandler = Arc::new(move |input: Value, ctx: JobContext| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                // The facade checked the input's shape; this catches a worker whose types
-                // disagree with the catalog.
-                let input: I = serde_json::from_value(input)
-                    .map_err(|e| JobFailure::input_rejected(format!("invalid input: {e}")))?;
-                let output = handler(input, ctx).await?;
-                serde_json::to_value(output)
-                    .map_err(|e| JobFailure::permanent(format!("cannot encode the result: {e}")))
-            }) as BoxFuture
-        });
-        Arc::make_mut(&mut self.handlers).insert(name.to_owned(), erased);
+    /// Only the types named in `names` (all of them when `names` is empty); an unknown name
+    /// is an error (a typo in `worker.types` must not leave a type unserved silently).
+    pub fn only(self, names: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Ok(self);
+        }
+        if let Some(unknown) = names.iter().find(|n| !self.types.contains_key(n.as_str())) {
+            return Err(format!(
+                "worker.types names '{unknown}', which this worker does not have; it has: {}",
+                self.names().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let types = self
+            .types
+            .iter()
+            .filter(|(name, _)| names.contains(name))
+            .map(|(name, t)| (name.clone(), t.clone()))
+            .collect();
+        Ok(Registry {
+            types: Arc::new(types),
+        })
+    }
+
+    /// Adds `job_type`, replacing any type of that name.
+    pub fn register(&mut self, job_type: JobType) -> &mut Self {
+        Arc::make_mut(&mut self.types).insert(job_type.name.clone(), Arc::new(job_type));
         self
     }
 
     /// Runs the handler of `name`; `None` if there is none.
     pub fn run(&self, name: &str, input: Value, ctx: JobContext) -> Option<BoxFuture> {
-        self.handlers.get(name).map(|h| h(input, ctx))
+        self.types.get(name).map(|t| (t.handler)(input, ctx))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<JobType>> {
+        self.types.get(name)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.handlers.contains_key(name)
+        self.types.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = &Arc<JobType>> {
+        self.types.values()
+    }
+
+    /// The records this worker registers, one per type.
+    pub fn records(
+        &self,
+        jobs: &JobSettings,
+        registered_at_ms: i64,
+        now_ms: i64,
+    ) -> Vec<JobTypeRecord> {
+        self.types()
+            .map(|t| t.record(jobs, registered_at_ms, now_ms))
+            .collect()
     }
 }

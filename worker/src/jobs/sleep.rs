@@ -2,12 +2,37 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-use shared::job_types::SleepInput;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::JobFailure;
+use super::{JobFailure, JobType};
 use crate::context::JobContext;
+
+/// Longest `sleep` accepted, in seconds.
+pub const MAX_SECONDS: f64 = 3600.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SleepInput {
+    /// How long to sleep, 0 to 3600.
+    #[schemars(range(min = 0.0, max = MAX_SECONDS))]
+    pub seconds: f64,
+}
+
+/// `sleep`'s declaration.
+pub fn job_type() -> JobType {
+    JobType::new(
+        "sleep",
+        "Sleeps for `seconds`, reporting progress as it goes.",
+        SleepInput { seconds: 0.5 },
+        run,
+    )
+    .max_attempts(3)
+    // The longest sleep and some slack.
+    .max_run_seconds(3660)
+    .priorities(true)
+}
 
 #[derive(Debug, Serialize)]
 pub struct SleepOutput {
@@ -15,6 +40,8 @@ pub struct SleepOutput {
 }
 
 pub async fn run(input: SleepInput, ctx: JobContext) -> Result<SleepOutput, JobFailure> {
+    // The schema bounds `seconds` to [0, 3600], and JSON has no NaN or infinity; this guards a
+    // caller that builds a `SleepInput` in code.
     if !(input.seconds.is_finite() && input.seconds >= 0.0) {
         return Err(JobFailure::input_rejected(
             "seconds must be a finite, non-negative number",
