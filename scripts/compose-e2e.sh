@@ -50,6 +50,8 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
+# A command that fails under `set -e` says where, before the cleanup's output.
+trap 'printf "\ncompose-e2e: FAILED at line %s: %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 engine_tools
@@ -110,7 +112,7 @@ for ((i = 0; i < JOBS; i++)); do
   locs+=("$(submit '{"type":"sleep","input":{"seconds":3}}')")
 done
 sleep 1.5
-victim=$("${compose[@]}" ps -q worker | head -n 1)
+victim=$("${compose[@]}" ps -q worker | awk 'NR == 1')
 [ -n "$victim" ] || fail "no worker container to kill"
 running_before=$(for l in "${locs[@]}"; do curl -sS "$base$l" | json status; done | grep -c running || true)
 docker kill "$victim" >/dev/null || fail "docker kill $victim failed"

@@ -350,7 +350,10 @@ impl Webhooks {
                 tracing::info!("attempt recorded before its worker stopped; scheduling the next");
                 self.schedule_next(publisher, &message).await
             }
-            Step::Attempt => self.attempt(publisher, &message, &keys, stored, doc).await,
+            Step::Attempt => {
+                self.attempt(publisher, &message, redelivered, &keys, stored, doc)
+                    .await
+            }
         }
     }
 
@@ -360,6 +363,7 @@ impl Webhooks {
         &self,
         publisher: &Channel,
         message: &CallbackMessage,
+        redelivered: bool,
         keys: &KeyLayout,
         stored: Vec<u8>,
         doc: StatusDocument,
@@ -374,14 +378,14 @@ impl Webhooks {
             callback.state = CallbackState::Failed;
             callback.last_error = Some(format!("refused by the worker: callback_url {reason}"));
             return self
-                .settle_record(publisher, keys, message, stored, doc, callback)
+                .settle_record(publisher, keys, message, redelivered, stored, doc, callback)
                 .await;
         }
         if message.attempt > settings.max_attempts {
             // `max_attempts` was lowered since the last attempt was scheduled.
             callback.state = CallbackState::Failed;
             return self
-                .settle_record(publisher, keys, message, stored, doc, callback)
+                .settle_record(publisher, keys, message, redelivered, stored, doc, callback)
                 .await;
         }
         // The final status document, as served, without the delivery's own bookkeeping.
@@ -422,17 +426,19 @@ impl Webhooks {
                 tracing::info!(error, delay_ms, "webhook attempt failed; retrying");
             }
         }
-        self.settle_record(publisher, keys, message, stored, doc, callback)
+        self.settle_record(publisher, keys, message, redelivered, stored, doc, callback)
             .await
     }
 
     /// Records `callback` (the outcome of attempt `message.attempt`, or its end) and, if it is
     /// still pending, schedules the next attempt.
+    #[allow(clippy::too_many_arguments)]
     async fn settle_record(
         &self,
         publisher: &Channel,
         keys: &KeyLayout,
         message: &CallbackMessage,
+        redelivered: bool,
         stored: Vec<u8>,
         doc: StatusDocument,
         callback: Callback,
@@ -442,6 +448,21 @@ impl Webhooks {
             Recorded::Ok if pending => self.schedule_next(publisher, message).await,
             Recorded::Ok => Settle::Ack,
             Recorded::Superseded => {
+                // Another copy of this message recorded the attempt first. If this copy is the
+                // redelivery of the one whose worker recorded it and died before scheduling the
+                // next attempt (its record reached Redis after this copy read the document),
+                // nobody else will schedule it: decide again from what is stored now.
+                let next = match self.read(keys, &message.id).await {
+                    Some(Some(fresh)) => serde_json::from_slice::<StatusDocument>(&fresh)
+                        .map(|fresh| decide(&fresh, message.attempt, redelivered))
+                        .unwrap_or(Step::Drop("unreadable")),
+                    Some(None) => Step::Drop("the job is gone"),
+                    None => return Settle::Requeue,
+                };
+                if next == Step::Continue {
+                    tracing::info!("another copy recorded this attempt; scheduling the next");
+                    return self.schedule_next(publisher, message).await;
+                }
                 tracing::info!("another copy recorded this attempt first; stopping");
                 Settle::Ack
             }
@@ -505,7 +526,7 @@ impl Webhooks {
         message: &CallbackMessage,
         mut stored: Vec<u8>,
         mut doc: StatusDocument,
-        callback: Callback,
+        mut callback: Callback,
     ) -> Recorded {
         let mut patience = Patience::new("cannot record the webhook attempt");
         loop {
@@ -537,7 +558,19 @@ impl Webhooks {
                             else {
                                 return Recorded::Superseded;
                             };
-                            if decide(&fresh_doc, message.attempt, false) != Step::Attempt {
+                            let still_pending = fresh_doc.status.is_terminal()
+                                && fresh_doc
+                                    .callback
+                                    .as_ref()
+                                    .is_some_and(|c| c.state == CallbackState::Pending);
+                            if callback.state == CallbackState::Delivered && still_pending {
+                                // The receiver has it: that is what the document must say,
+                                // whichever attempt another copy recorded meanwhile (else
+                                // the delivery is lost: that copy's chain may have died
+                                // with its worker, or deliver again only as a duplicate).
+                                let made = fresh_doc.callback.as_ref().map_or(0, |c| c.attempts);
+                                callback.attempts = callback.attempts.max(made);
+                            } else if decide(&fresh_doc, message.attempt, false) != Step::Attempt {
                                 return Recorded::Superseded;
                             }
                             (stored, doc) = (fresh, fresh_doc);
