@@ -10,9 +10,11 @@
 //!   running the job again;
 //! - a transient failure is retried through a delay queue (published with a confirm before the
 //!   ack), up to the type's maximum attempts;
-//! - what cannot be handled at all (undecodable, unknown type, a panicking handler, a job that
-//!   keeps killing its workers) fails its job, if its id can be read, and goes to the
-//!   dead-letter queue;
+//! - a job of a type this worker does not serve but another live worker does is handed off to
+//!   it through a delay queue, untouched (see `handoff.rs`);
+//! - what cannot be handled at all (undecodable, a type no live worker serves, a panicking
+//!   handler, a job that keeps killing its workers) fails its job, if its id can be read, and
+//!   goes to the dead-letter queue;
 //! - a job that could hold its delivery past the broker's consumer timeout is acknowledged as
 //!   soon as it is recorded as running, and protected by a lease in Redis instead (see
 //!   `consumer.rs` for the reaper that re-publishes jobs whose lease lapsed).
@@ -67,6 +69,8 @@ pub struct Processor {
     pub cancels: Cancels,
     /// Queues the callbacks of jobs that reached a terminal state.
     pub webhooks: crate::webhook::Webhooks,
+    /// The types other workers serve, for jobs of a type this one does not (`handoff`).
+    pub live_types: crate::handoff::LiveTypes,
 }
 
 /// A leased job's tenant and queue message.
@@ -217,6 +221,11 @@ impl Processor {
         slot: OwnedSemaphorePermit,
     ) -> Settle {
         let id = message.id;
+        if !self.registry.contains(&message.job_type)
+            && self.live_types.served(&message.job_type).await
+        {
+            return self.hand_off(&message, delivery, publisher).await;
+        }
         let (spec, running, cancel) = match self.begin(&message, publisher).await {
             Ok(started) => started,
             Err(settle) => return settle,
@@ -528,6 +537,40 @@ impl Processor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the outcome; the job will run again");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Passes a job of a type another live worker serves back to the work queue through the
+    /// first retry delay queue (see `handoff`); its document stays as it is.
+    async fn hand_off(
+        &self,
+        message: &JobMessage,
+        delivery: &Delivery,
+        publisher: &Channel,
+    ) -> Settle {
+        let step = topology::retry_step(&self.amqp, 2);
+        let queue = topology::retry_queue(&self.amqp, step);
+        let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
+        let id = message.id.to_string();
+        let traceparent = traceparent_of(&delivery.properties);
+        let outgoing = Outgoing::new(&id, &delivery.data)
+            .priority(delivery.properties.priority().unwrap_or(0))
+            .traceparent(traceparent.as_deref());
+        match publish_confirmed(publisher, &queue, outgoing, timeout).await {
+            Ok(()) => {
+                tracing::debug!(
+                    delay_ms = step,
+                    "another worker serves this type; handed off"
+                );
+                metrics::HANDED_OFF
+                    .with_label_values(&[message.job_type.as_str()])
+                    .inc();
+                Settle::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the job off; requeueing");
                 Settle::Requeue
             }
         }

@@ -319,6 +319,12 @@ impl Registry {
         self
     }
 
+    /// Adds a type declared elsewhere (another registry's), replacing any type of that name.
+    pub fn register_shared(&mut self, job_type: Arc<JobType>) -> &mut Self {
+        Arc::make_mut(&mut self.types).insert(job_type.name.clone(), job_type);
+        self
+    }
+
     /// Runs the handler of `name`; `None` if there is none.
     pub fn run(&self, name: &str, input: Value, ctx: JobContext) -> Option<BoxFuture> {
         self.types.get(name).map(|t| (t.handler)(input, ctx))
