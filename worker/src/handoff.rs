@@ -1,29 +1,35 @@
 //! Jobs of a type this worker does not serve. Every job type shares one work queue today, so a
 //! worker that serves some types (the built-ins, say) receives jobs of types that another
 //! worker serves (a binary of your own, see `crate::Worker`). Such a job is handed off, not
-//! failed, when the fleet registry has a live, running worker that lists its type: the message
-//! is published (with a confirm) to the first retry delay queue, `<queue>.retry.<base ms>`,
-//! which dead-letters it back into the work queue after `amqp.retry_base_delay_ms`, and the
-//! delivery is acknowledged. The job's document is untouched: still `queued`, no attempt
-//! counted. Through a delay queue rather than a requeue: a requeued message comes straight
-//! back, so two workers that do not serve it would pass it between them in a tight loop, and
-//! on a quorum queue every requeue counts towards `amqp.delivery_limit`, after which the
-//! broker dead-letters it.
+//! failed, while the facades accept its type: the message is published (with a confirm) to a
+//! retry delay queue, which dead-letters it back into the work queue, and the delivery is
+//! acknowledged. The job's document is untouched: still `queued`, no attempt counted.
 //!
-//! When no live worker serves the type (none ever did, or the last one has missed three
-//! heartbeats), the job fails `undeliverable` as before and its message goes to the
-//! dead-letter queue, from which `worker dead-letters replay` returns it once a worker serving
-//! the type runs.
+//! - A live, running worker in the fleet registry lists the type: back after the first retry
+//!   step (`amqp.retry_base_delay_ms`), for that worker to take.
+//! - None does, but the type is still registered (refreshed within
+//!   `jobs.type_retention_seconds`, so the facades accept its jobs): its jobs wait for the next
+//!   worker that serves it, going round through the longest retry step
+//!   (`amqp.retry_max_delay_ms`), so a queue of waiting jobs costs one delivery per job per
+//!   step, not a busy loop.
+//! - The type is not registered at all: the job fails `undeliverable` as before and its message
+//!   goes to the dead-letter queue (`worker dead-letters replay` returns it).
 //!
-//! The set of types the live workers serve is read from Redis at most once a second while it
-//! answers yes; a no is always read afresh, so a worker that just started is seen before any
-//! job of its type is failed.
+//! Through a delay queue rather than a requeue: a requeued message comes straight back, so two
+//! workers that do not serve it would pass it between them in a tight loop, and on a quorum
+//! queue every requeue counts towards `amqp.delivery_limit`, after which the broker
+//! dead-letters it.
+//!
+//! The registries are read from Redis at most once a second while the answer stays the same
+//! kind of yes; anything less than "served" is read afresh, so a worker that just started is
+//! seen before any job of its type waits the long step or fails.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shared::fleet::{is_fresh, WorkerRecord};
+use shared::job_types::JobTypeRecord;
 use shared::redis_conn::{RedisConn, Retries};
 use shared::{KeyLayout, Settings};
 
@@ -32,14 +38,47 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Registry entries read at most (a fleet is far smaller).
 const MAX_WORKERS: isize = 1000;
 
-/// A read of the types served, and when it was made.
-type Read = (Instant, Arc<HashSet<String>>);
+/// What becomes of a job of a type this worker does not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// A live worker serves the type: hand it off after the first retry step.
+    Served,
+    /// The facades accept the type but no live worker serves it: it waits the longest step.
+    Waiting,
+    /// The type is not registered: the job fails `undeliverable`.
+    Nowhere,
+}
+
+/// One read of both registries.
+#[derive(Debug, Default)]
+struct Known {
+    /// Types a live, running worker serves.
+    served: HashSet<String>,
+    /// Types registered within the retention.
+    registered: HashSet<String>,
+}
+
+impl Known {
+    fn destination(&self, job_type: &str) -> Destination {
+        if self.served.contains(job_type) {
+            Destination::Served
+        } else if self.registered.contains(job_type) {
+            Destination::Waiting
+        } else {
+            Destination::Nowhere
+        }
+    }
+}
+
+/// A read of the registries, and when it was made.
+type Read = (Instant, Arc<Known>);
 
 /// The job types live workers serve, read from the fleet registry.
 #[derive(Clone)]
 pub struct LiveTypes {
     conn: Option<RedisConn>,
     keys: KeyLayout,
+    type_retention_ms: i64,
     cached: Arc<Mutex<Option<Read>>>,
 }
 
@@ -55,38 +94,53 @@ impl LiveTypes {
         LiveTypes {
             conn,
             keys: KeyLayout::new(settings.redis.key_prefix.clone()),
+            type_retention_ms: settings.jobs.type_retention_seconds.saturating_mul(1000) as i64,
             cached: Default::default(),
         }
     }
 
-    /// Whether a live, running worker serves `job_type`. Registry trouble reads as no (the
-    /// job then fails as it did before hand-offs existed), logged.
-    pub async fn served(&self, job_type: &str) -> bool {
+    /// Where a job of `job_type` goes. Registry trouble reads as [`Destination::Nowhere`]
+    /// (the job then fails as it did before hand-offs existed), logged.
+    pub async fn destination(&self, job_type: &str) -> Destination {
         if let Ok(cached) = self.cached.lock() {
-            if let Some((read_at, types)) = cached.as_ref() {
-                if read_at.elapsed() < FRESH_FOR && types.contains(job_type) {
-                    return true;
+            if let Some((read_at, known)) = cached.as_ref() {
+                if read_at.elapsed() < FRESH_FOR
+                    && known.destination(job_type) == Destination::Served
+                {
+                    return Destination::Served;
                 }
             }
         }
-        let types = match self.read().await {
-            Ok(types) => Arc::new(types),
+        let known = match self.read().await {
+            Ok(known) => Arc::new(known),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the fleet registry");
-                return false;
+                return Destination::Nowhere;
             }
         };
-        let served = types.contains(job_type);
+        let destination = known.destination(job_type);
         if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some((Instant::now(), types));
+            *cached = Some((Instant::now(), known));
         }
-        served
+        destination
     }
 
-    async fn read(&self) -> redis::RedisResult<HashSet<String>> {
+    async fn read(&self) -> redis::RedisResult<Known> {
         let Some(mut conn) = self.conn.clone() else {
-            return Ok(HashSet::new());
+            return Ok(Known::default());
         };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let types: Vec<String> = redis::cmd("HVALS")
+            .arg(self.keys.job_types())
+            .query_async(&mut conn)
+            .await?;
+        let cutoff = now_ms - self.type_retention_ms;
+        let registered = types
+            .iter()
+            .filter_map(|json| serde_json::from_str::<JobTypeRecord>(json).ok())
+            .filter(|record| record.refreshed_at_ms >= cutoff)
+            .map(|record| record.name)
+            .collect();
         let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
             .arg(self.keys.workers())
             .arg(0)
@@ -95,12 +149,14 @@ impl LiveTypes {
             .query_async(&mut conn)
             .await?;
         if members.is_empty() {
-            return Ok(HashSet::new());
+            return Ok(Known {
+                served: HashSet::new(),
+                registered,
+            });
         }
         let keys: Vec<String> = members.iter().map(|(id, _)| self.keys.worker(id)).collect();
         let records: Vec<Option<String>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let now_ms = chrono::Utc::now().timestamp_millis();
         let records = members
             .into_iter()
             .zip(records)
@@ -108,7 +164,10 @@ impl LiveTypes {
                 let record = serde_json::from_str::<WorkerRecord>(&r?).ok()?;
                 Some((last, record))
             });
-        Ok(served_types(records, now_ms))
+        Ok(Known {
+            served: served_types(records, now_ms),
+            registered,
+        })
     }
 }
 
@@ -165,5 +224,16 @@ mod tests {
         let mut served: Vec<_> = served.into_iter().collect();
         served.sort();
         assert_eq!(served, ["echo", "wordcount"]);
+    }
+
+    #[test]
+    fn registered_types_without_a_live_worker_wait() {
+        let known = Known {
+            served: ["wordcount".to_owned()].into(),
+            registered: ["wordcount".to_owned(), "thumbnail".to_owned()].into(),
+        };
+        assert_eq!(known.destination("wordcount"), Destination::Served);
+        assert_eq!(known.destination("thumbnail"), Destination::Waiting);
+        assert_eq!(known.destination("resize"), Destination::Nowhere);
     }
 }

@@ -10,9 +10,9 @@
 //!   running the job again;
 //! - a transient failure is retried through a delay queue (published with a confirm before the
 //!   ack), up to the type's maximum attempts;
-//! - a job of a type this worker does not serve but another live worker does is handed off to
-//!   it through a delay queue, untouched (see `handoff.rs`);
-//! - what cannot be handled at all (undecodable, a type no live worker serves, a panicking
+//! - a job of a type this worker does not serve, but that the facades accept, goes back to the
+//!   work queue through a delay queue, untouched, for a worker that serves it (`handoff.rs`);
+//! - what cannot be handled at all (undecodable, an unregistered type, a panicking
 //!   handler, a job that keeps killing its workers) fails its job, if its id can be read, and
 //!   goes to the dead-letter queue;
 //! - a job that could hold its delivery past the broker's consumer timeout is acknowledged as
@@ -43,6 +43,7 @@ use crate::acks::Acks;
 use crate::cancel::Cancels;
 use crate::cancel::Registration;
 use crate::context::JobContext;
+use crate::handoff::Destination;
 use crate::job_store::{FreshStart, JobStore, StoreError, Transition};
 use crate::jobs::{JobFailure, JobType, Registry};
 use crate::metrics;
@@ -221,10 +222,16 @@ impl Processor {
         slot: OwnedSemaphorePermit,
     ) -> Settle {
         let id = message.id;
-        if !self.registry.contains(&message.job_type)
-            && self.live_types.served(&message.job_type).await
-        {
-            return self.hand_off(&message, delivery, publisher).await;
+        if !self.registry.contains(&message.job_type) {
+            let step = match self.live_types.destination(&message.job_type).await {
+                Destination::Served => Some(topology::retry_step(&self.amqp, 2)),
+                Destination::Waiting => Some(self.amqp.retry_max_delay_ms),
+                // `begin` fails it as undeliverable.
+                Destination::Nowhere => None,
+            };
+            if let Some(step) = step {
+                return self.hand_off(&message, step, delivery, publisher).await;
+            }
         }
         let (spec, running, cancel) = match self.begin(&message, publisher).await {
             Ok(started) => started,
@@ -542,15 +549,15 @@ impl Processor {
         }
     }
 
-    /// Passes a job of a type another live worker serves back to the work queue through the
-    /// first retry delay queue (see `handoff`); its document stays as it is.
+    /// Passes a job of a type this worker does not serve back to the work queue through the
+    /// retry delay queue of `step` ms (see `handoff`); its document stays as it is.
     async fn hand_off(
         &self,
         message: &JobMessage,
+        step: u64,
         delivery: &Delivery,
         publisher: &Channel,
     ) -> Settle {
-        let step = topology::retry_step(&self.amqp, 2);
         let queue = topology::retry_queue(&self.amqp, step);
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         let id = message.id.to_string();
@@ -560,10 +567,7 @@ impl Processor {
             .traceparent(traceparent.as_deref());
         match publish_confirmed(publisher, &queue, outgoing, timeout).await {
             Ok(()) => {
-                tracing::debug!(
-                    delay_ms = step,
-                    "another worker serves this type; handed off"
-                );
+                tracing::debug!(delay_ms = step, "not a type of this worker; handed off");
                 metrics::HANDED_OFF
                     .with_label_values(&[message.job_type.as_str()])
                     .inc();
