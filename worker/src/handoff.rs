@@ -15,6 +15,9 @@
 //! - The type is not registered at all: the job fails `undeliverable` as before and its message
 //!   goes to the dead-letter queue (`worker dead-letters replay` returns it).
 //!
+//! Only a job still to run goes round: one already finished (canceled while queued) is
+//! settled here like any other, its callback queued.
+//!
 //! Through a delay queue rather than a requeue: a requeued message comes straight back, so two
 //! workers that do not serve it would pass it between them in a tight loop, and on a quorum
 //! queue every requeue counts towards `amqp.delivery_limit`, after which the broker

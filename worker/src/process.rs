@@ -222,18 +222,7 @@ impl Processor {
         slot: OwnedSemaphorePermit,
     ) -> Settle {
         let id = message.id;
-        if !self.registry.contains(&message.job_type) {
-            let step = match self.live_types.destination(&message.job_type).await {
-                Destination::Served => Some(topology::retry_step(&self.amqp, 2)),
-                Destination::Waiting => Some(self.amqp.retry_max_delay_ms),
-                // `begin` fails it as undeliverable.
-                Destination::Nowhere => None,
-            };
-            if let Some(step) = step {
-                return self.hand_off(&message, step, delivery, publisher).await;
-            }
-        }
-        let (spec, running, cancel) = match self.begin(&message, publisher).await {
+        let (spec, running, cancel) = match self.begin(&message, delivery, publisher).await {
             Ok(started) => started,
             Err(settle) => return settle,
         };
@@ -329,6 +318,7 @@ impl Processor {
     async fn begin(
         &self,
         message: &JobMessage,
+        delivery: &Delivery,
         publisher: &Channel,
     ) -> Result<(Arc<JobType>, StatusDocument, Registration), Settle> {
         let id = message.id;
@@ -376,12 +366,21 @@ impl Processor {
             return Err(self.queue_callback(&doc, publisher).await);
         }
         let Some(spec) = spec else {
-            let failure = JobFailure {
-                kind: JobErrorKind::Undeliverable,
-                message: format!("no handler for job type '{}'", message.job_type),
-                retryable: false,
+            // Not a type of this worker: back to the queue for one that serves it, while the
+            // facades accept the type (see `handoff`).
+            let step = match self.live_types.destination(&message.job_type).await {
+                Destination::Served => topology::retry_step(&self.amqp, 2),
+                Destination::Waiting => self.amqp.retry_max_delay_ms,
+                Destination::Nowhere => {
+                    let failure = JobFailure {
+                        kind: JobErrorKind::Undeliverable,
+                        message: format!("no handler for job type '{}'", message.job_type),
+                        retryable: false,
+                    };
+                    return Err(self.give_up(doc, failure, publisher).await);
+                }
             };
-            return Err(self.give_up(doc, failure, publisher).await);
+            return Err(self.hand_off(message, step, delivery, publisher).await);
         };
         let limits = spec.limits_in(&self.jobs);
         // Found `running`: the last start ended without an outcome (its worker died). Only
