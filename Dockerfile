@@ -23,6 +23,7 @@ COPY worker/Cargo.toml /src/worker/
 COPY client/Cargo.toml /src/client/
 COPY bench/Cargo.toml  /src/bench/
 COPY tests/Cargo.toml  /src/tests/
+COPY examples/Cargo.toml /src/examples/
 
 ############################ builder ############################
 FROM ${RUST_IMAGE} AS builder
@@ -32,11 +33,11 @@ WORKDIR /src
 # Every workspace member gets a stub of each target its manifest names, so cargo can load the
 # workspace and compile all crates.io dependencies of the two binaries.
 COPY --from=manifests /src/ /src/
-RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src tests/src \
- && for lib in shared client tests; do echo '' > $lib/src/lib.rs; done \
- && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs; do echo 'fn main() {}' > $bin; done \
+RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src tests/src examples/src/bin \
+ && for lib in shared client tests worker examples; do echo '' > $lib/src/lib.rs; done \
+ && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs examples/src/bin/wordcount-worker.rs; do echo 'fn main() {}' > $bin; done \
  && cargo build --release --locked --bin api --bin worker \
- && rm -rf shared/src api/src worker/src client/src bench/src tests/src
+ && rm -rf shared/src api/src worker/src client/src bench/src tests/src examples/src
 
 # --- the real build -----------------------------------------------------------
 # The whole context (.dockerignore keeps out target/, .git/ and what no build reads), so a new

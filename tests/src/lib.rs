@@ -21,7 +21,7 @@ use serde_json::Value;
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-/// Builds both binaries once per test process (cargo makes this a no-op when up to date), so
+/// Builds the binaries once per test process (cargo makes this a no-op when up to date), so
 /// tests always run the code under test, never a stale build.
 fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -32,7 +32,17 @@ fn bin_dir() -> &'static Path {
             .expect("workspace");
         let mut build = Command::new(cargo);
         build.current_dir(workspace).args([
-            "build", "--quiet", "-p", "api", "-p", "worker", "-p", "client", "--bins",
+            "build",
+            "--quiet",
+            "-p",
+            "api",
+            "-p",
+            "worker",
+            "-p",
+            "client",
+            "-p",
+            "arr-examples",
+            "--bins",
         ]);
         // Cargo hands the test its own CARGO_* variables; passed on, they change the build's
         // fingerprints and make every run rebuild.
@@ -52,7 +62,8 @@ fn bin_dir() -> &'static Path {
     })
 }
 
-/// The path of a binary of the workspace (`api`, `worker`, `arr`), built for this test run.
+/// The path of a binary of the workspace (`api`, `worker`, `arr`, `wordcount-worker`), built
+/// for this test run.
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
@@ -274,12 +285,19 @@ impl Stack {
 
     /// Starts one more worker with extra `APP__…` variables (e.g. `APP__WORKER__TYPES`).
     pub fn add_worker_with(&mut self, env: &[(&str, &str)]) {
+        self.add_worker_binary("worker", env);
+    }
+
+    /// Starts one more worker on the same queue from another worker binary of the workspace
+    /// (`wordcount-worker`, a worker with job types of its own); its log is `worker<n>` like
+    /// the others'.
+    pub fn add_worker_binary(&mut self, binary: &str, env: &[(&str, &str)]) {
         let label = format!("worker{}", self.workers.len() + 1);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let child = self.spawn("worker", &label, &env);
+        let child = self.spawn(binary, &label, &env);
         self.workers.push(child);
     }
 
@@ -326,6 +344,13 @@ impl Stack {
     /// The facade's process (after `terminate_api`), to wait for its exit.
     pub fn terminate_api_wait(&mut self) -> &mut Child {
         self.api.as_mut().expect("api running")
+    }
+
+    /// Whether the facade that started with the stack is still running (it was not restarted).
+    pub fn api_alive(&mut self) -> bool {
+        self.api
+            .as_mut()
+            .is_some_and(|api| matches!(api.try_wait(), Ok(None)))
     }
 
     /// Whether worker `i` is still running.

@@ -47,6 +47,14 @@ impl JobContext {
         Self::build(doc, None, Duration::ZERO, CancellationToken::new())
     }
 
+    /// A context for testing a handler of `job_type` without Redis: progress is kept in
+    /// memory ([`latest_progress`](Self::latest_progress)), and cancelling `cancel` is a
+    /// client's cancel request.
+    pub fn detached_for(job_type: &str, cancel: CancellationToken) -> Self {
+        let doc = StatusDocument::queued(JobId::new(), job_type, chrono::Utc::now());
+        Self::build(doc, None, Duration::ZERO, cancel)
+    }
+
     fn build(
         doc: StatusDocument,
         store: Option<JobStore>,

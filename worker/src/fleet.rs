@@ -169,9 +169,6 @@ impl Heart {
                 Err(e) => tracing::warn!(error = %e, "cannot prune the job type registry"),
             }
         }
-        if let Err(e) = write_types(&mut self.conn, &self.keys, &self.types).await {
-            tracing::warn!(error = %e, "cannot register the job types");
-        }
         let ttl = self.interval.as_secs() * TTL_HEARTBEATS;
         let mut pipe = redis::pipe();
         // Record and registry entry are in different slots of a Redis Cluster: two writes
@@ -189,6 +186,12 @@ impl Heart {
             .await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "fleet heartbeat failed");
+        }
+        // After the worker's record: by the time a facade accepts a type, the other workers
+        // on the queue see that this one serves it, and hand its jobs off (`handoff`)
+        // instead of failing them.
+        if let Err(e) = write_types(&mut self.conn, &self.keys, &self.types).await {
+            tracing::warn!(error = %e, "cannot register the job types");
         }
     }
 

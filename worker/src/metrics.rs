@@ -63,6 +63,13 @@ pub static DEAD_LETTERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["type"],
     )
 });
+pub static HANDED_OFF: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    jobs(
+        "arr_jobs_handed_off_total",
+        "Jobs of a type another worker serves, passed back to the queue, by type.",
+        &["type"],
+    )
+});
 pub static RUN_TIME: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "arr_job_run_duration_seconds",
@@ -93,6 +100,7 @@ pub fn init() {
     LazyLock::force(&CANCELED);
     LazyLock::force(&RETRIED);
     LazyLock::force(&DEAD_LETTERED);
+    LazyLock::force(&HANDED_OFF);
     LazyLock::force(&RUN_TIME);
     LazyLock::force(&IN_FLIGHT);
     LazyLock::force(&REDIS_DURATION);

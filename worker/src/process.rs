@@ -10,9 +10,11 @@
 //!   running the job again;
 //! - a transient failure is retried through a delay queue (published with a confirm before the
 //!   ack), up to the type's maximum attempts;
-//! - what cannot be handled at all (undecodable, unknown type, a panicking handler, a job that
-//!   keeps killing its workers) fails its job, if its id can be read, and goes to the
-//!   dead-letter queue;
+//! - a job of a type this worker does not serve, but that the facades accept, goes back to the
+//!   work queue through a delay queue, untouched, for a worker that serves it (`handoff.rs`);
+//! - what cannot be handled at all (undecodable, an unregistered type, a panicking
+//!   handler, a job that keeps killing its workers) fails its job, if its id can be read, and
+//!   goes to the dead-letter queue;
 //! - a job that could hold its delivery past the broker's consumer timeout is acknowledged as
 //!   soon as it is recorded as running, and protected by a lease in Redis instead (see
 //!   `consumer.rs` for the reaper that re-publishes jobs whose lease lapsed).
@@ -41,6 +43,7 @@ use crate::acks::Acks;
 use crate::cancel::Cancels;
 use crate::cancel::Registration;
 use crate::context::JobContext;
+use crate::handoff::Destination;
 use crate::job_store::{FreshStart, JobStore, StoreError, Transition};
 use crate::jobs::{JobFailure, JobType, Registry};
 use crate::metrics;
@@ -67,6 +70,8 @@ pub struct Processor {
     pub cancels: Cancels,
     /// Queues the callbacks of jobs that reached a terminal state.
     pub webhooks: crate::webhook::Webhooks,
+    /// The types other workers serve, for jobs of a type this one does not (`handoff`).
+    pub live_types: crate::handoff::LiveTypes,
 }
 
 /// A leased job's tenant and queue message.
@@ -217,7 +222,7 @@ impl Processor {
         slot: OwnedSemaphorePermit,
     ) -> Settle {
         let id = message.id;
-        let (spec, running, cancel) = match self.begin(&message, publisher).await {
+        let (spec, running, cancel) = match self.begin(&message, delivery, publisher).await {
             Ok(started) => started,
             Err(settle) => return settle,
         };
@@ -313,6 +318,7 @@ impl Processor {
     async fn begin(
         &self,
         message: &JobMessage,
+        delivery: &Delivery,
         publisher: &Channel,
     ) -> Result<(Arc<JobType>, StatusDocument, Registration), Settle> {
         let id = message.id;
@@ -360,12 +366,21 @@ impl Processor {
             return Err(self.queue_callback(&doc, publisher).await);
         }
         let Some(spec) = spec else {
-            let failure = JobFailure {
-                kind: JobErrorKind::Undeliverable,
-                message: format!("no handler for job type '{}'", message.job_type),
-                retryable: false,
+            // Not a type of this worker: back to the queue for one that serves it, while the
+            // facades accept the type (see `handoff`).
+            let step = match self.live_types.destination(&message.job_type).await {
+                Destination::Served => topology::retry_step(&self.amqp, 2),
+                Destination::Waiting => self.amqp.retry_max_delay_ms,
+                Destination::Nowhere => {
+                    let failure = JobFailure {
+                        kind: JobErrorKind::Undeliverable,
+                        message: format!("no handler for job type '{}'", message.job_type),
+                        retryable: false,
+                    };
+                    return Err(self.give_up(doc, failure, publisher).await);
+                }
             };
-            return Err(self.give_up(doc, failure, publisher).await);
+            return Err(self.hand_off(message, step, delivery, publisher).await);
         };
         let limits = spec.limits_in(&self.jobs);
         // Found `running`: the last start ended without an outcome (its worker died). Only
@@ -528,6 +543,37 @@ impl Processor {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot store the outcome; the job will run again");
+                Settle::Requeue
+            }
+        }
+    }
+
+    /// Passes a job of a type this worker does not serve back to the work queue through the
+    /// retry delay queue of `step` ms (see `handoff`); its document stays as it is.
+    async fn hand_off(
+        &self,
+        message: &JobMessage,
+        step: u64,
+        delivery: &Delivery,
+        publisher: &Channel,
+    ) -> Settle {
+        let queue = topology::retry_queue(&self.amqp, step);
+        let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
+        let id = message.id.to_string();
+        let traceparent = traceparent_of(&delivery.properties);
+        let outgoing = Outgoing::new(&id, &delivery.data)
+            .priority(delivery.properties.priority().unwrap_or(0))
+            .traceparent(traceparent.as_deref());
+        match publish_confirmed(publisher, &queue, outgoing, timeout).await {
+            Ok(()) => {
+                tracing::debug!(delay_ms = step, "not a type of this worker; handed off");
+                metrics::HANDED_OFF
+                    .with_label_values(&[message.job_type.as_str()])
+                    .inc();
+                Settle::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand the job off; requeueing");
                 Settle::Requeue
             }
         }

@@ -48,6 +48,7 @@ pub async fn run(
         leased: Default::default(),
         cancels: Cancels::default(),
         webhooks,
+        live_types: crate::handoff::LiveTypes::new(&settings),
     };
     tokio::spawn(processor.cancels.clone().listen(
         settings.redis.clone(),

@@ -15,7 +15,8 @@
 //!
 //! The input's JSON Schema (draft 2020-12) is derived from `MyInput` (`schemars`), so the
 //! rules the facade checks a submission against and the type the handler receives are one
-//! thing: whatever the facade accepts deserialises here. `Registry::register` adds a type;
+//! thing: whatever the facade accepts deserialises here. `crate::Worker::builder().job_type(..)`
+//! adds a type (from a crate of your own too: see `crate::builder`);
 //! the worker registers every type it serves with the facades when it starts (see
 //! `crate::fleet`), and the facades learn it from there. The built-ins (`echo`, `sleep`,
 //! `hash`, `fail`) are declared the same way, in the modules below.
@@ -316,6 +317,12 @@ impl Registry {
     /// Adds `job_type`, replacing any type of that name.
     pub fn register(&mut self, job_type: JobType) -> &mut Self {
         Arc::make_mut(&mut self.types).insert(job_type.name.clone(), Arc::new(job_type));
+        self
+    }
+
+    /// Adds a type declared elsewhere (another registry's), replacing any type of that name.
+    pub fn register_shared(&mut self, job_type: Arc<JobType>) -> &mut Self {
+        Arc::make_mut(&mut self.types).insert(job_type.name.clone(), job_type);
         self
     }
 

@@ -1,0 +1,214 @@
+//! A job type of the user's own (issue 17, item 5): `wordcount`, declared in the `examples`
+//! crate and served by its own binary, `wordcount-worker`, built on the `worker` library. A
+//! running facade, unchanged, refuses it until that worker starts, then accepts, checks and
+//! runs its jobs, with no restart. The built-in worker on the same queue hands the jobs of the
+//! new type off instead of failing them, and a registered type whose worker is not running yet
+//! keeps its jobs queued until it is.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use e2e::{Stack, StackOptions};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Polls `GET /v1/job-types` until `wordcount` is listed and `done` holds for its entry.
+async fn wait_wordcount(stack: &Stack, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let body = stack.get_json("/v1/job-types").await;
+        let found = body["job_types"]
+            .as_array()
+            .and_then(|types| types.iter().find(|t| t["name"] == "wordcount").cloned());
+        if found.as_ref().is_some_and(&done) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn problem(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    response.json().await.expect("problem body")
+}
+
+fn log_of(stack: &Stack, label: &str) -> String {
+    std::fs::read_to_string(stack.log_file(label)).unwrap_or_default()
+}
+
+/// A text with `n` distinct words, word `i` repeated `i` times: `w1 w2 w2 w3 w3 w3 …`.
+fn staircase(n: usize, salt: usize) -> String {
+    (1..=n)
+        .flat_map(|i| std::iter::repeat_n(format!("w{i}x{salt}"), i))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test]
+async fn an_example_worker_started_later_makes_its_type_accepted_and_run() {
+    let mut stack = Stack::start("examples-wordcount").await;
+    let job = |text: &str| json!({"type": "wordcount", "input": {"text": text, "top": 2}});
+
+    // The facade and the built-in worker know nothing of `wordcount`.
+    let p = problem(stack.submit(&job("one two two")).await).await;
+    assert_eq!(p["errors"][0]["field"], "type", "{p}");
+    assert!(
+        p["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("unknown"),
+        "{p}"
+    );
+
+    // Its own worker binary starts on the same queue, next to the built-in one.
+    stack.add_worker_binary("wordcount-worker", &[]);
+    wait_wordcount(&stack, "wordcount registered by wordcount-worker", |t| {
+        t["state"] == "served" && t["workers"] == 1
+    })
+    .await;
+
+    // The schema derived from the Rust input type, bounds included, is what the facade checks.
+    let p = problem(stack.submit(&job("")).await).await;
+    assert_eq!(p["errors"][0]["field"], "input.text", "{p}");
+    let p = problem(
+        stack
+            .submit(&json!({"type": "wordcount", "input": {"text": "a", "top": 51}}))
+            .await,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "input.top", "{p}");
+    let p = problem(
+        stack
+            .submit(&json!({"type": "wordcount", "input": {"text": "a", "colour": "red"}}))
+            .await,
+    )
+    .await;
+    assert_eq!(p["errors"][0]["field"], "input.colour", "{p}");
+    let too_long = "a".repeat(100_001);
+    let p = problem(stack.submit(&job(&too_long)).await).await;
+    assert_eq!(p["errors"][0]["field"], "input.text", "{p}");
+
+    // Its jobs run, and their results are right. Both workers consume the one work queue: the
+    // built-in worker hands the wordcount jobs it receives off (logged), it fails none. More
+    // jobs until one was handed off, so the hand-off is seen, not assumed.
+    let mut round = 0;
+    // Handed off for the worker that serves it: after the first retry step (1 s).
+    while !log_of(&stack, "worker1").contains(r#"handed off","delay_ms":1000"#) {
+        round += 1;
+        assert!(
+            round <= 5,
+            "the built-in worker never received a wordcount job"
+        );
+        let mut jobs = Vec::new();
+        for salt in 0..4 {
+            let salt = round * 10 + salt;
+            let location = stack.submit_ok(&job(&staircase(6, salt))).await;
+            jobs.push((salt, location));
+        }
+        for (salt, location) in jobs {
+            let result: Value = stack.wait(&location, LONG).await.json().await.unwrap();
+            assert_eq!(
+                result,
+                json!({
+                    "words": 21,
+                    "distinct": 6,
+                    "top": [
+                        {"word": format!("w6x{salt}"), "count": 6},
+                        {"word": format!("w5x{salt}"), "count": 5},
+                    ],
+                }),
+            );
+            let doc = stack.status_doc(&location).await;
+            assert_eq!(doc["status"], "succeeded", "{doc}");
+            assert_eq!(doc["attempts"], 1, "a hand-off is not an attempt: {doc}");
+            assert_eq!(doc["progress"]["percent"], 100.0, "{doc}");
+        }
+    }
+    // The built-in types still run, whichever worker a job reaches first.
+    for i in 0..4 {
+        let location = stack.submit_ok(&json!({"type": "echo", "input": i})).await;
+        let result: Value = stack.wait(&location, LONG).await.json().await.unwrap();
+        assert_eq!(result, json!(i));
+    }
+    assert!(stack.api_alive(), "the facade was not restarted");
+    assert!(!log_of(&stack, "worker1").contains("no handler for job type"));
+    assert!(!log_of(&stack, "worker2").contains("no handler for job type"));
+}
+
+#[tokio::test]
+async fn a_registered_type_without_its_worker_keeps_its_jobs_queued() {
+    // The longest retry step is what a waiting job goes round: short here.
+    let mut stack = Stack::start_with(
+        "examples-waiting",
+        StackOptions::default().env("APP__AMQP__RETRY_MAX_DELAY_MS", 2000),
+    )
+    .await;
+
+    // The example binary is a whole worker, tools included: it lists and registers its type.
+    let tool = |args: &[&str]| {
+        let output = Command::new(e2e::bin("wordcount-worker"))
+            .args(args)
+            .env("APP__AMQP__QUEUE", &stack.queue)
+            .env("APP__REDIS__KEY_PREFIX", &stack.prefix)
+            .output()
+            .expect("run wordcount-worker");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let listed: Vec<Value> = tool(&["job-types", "list"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["name"], "wordcount");
+    assert_eq!(
+        listed[0]["input_schema"]["properties"]["text"]["maxLength"],
+        100_000
+    );
+    assert_eq!(
+        tool(&["job-types", "register"]).trim(),
+        json!({"registered": 1}).to_string()
+    );
+    wait_wordcount(&stack, "wordcount registered without a worker", |t| {
+        t["state"] == "no-live-worker"
+    })
+    .await;
+
+    // Accepted; the built-in worker receives it and puts it back to wait, again and again.
+    let location = stack
+        .submit_ok(&json!({"type": "wordcount", "input": {"text": "to be or not to be"}}))
+        .await;
+    let deadline = Instant::now() + LONG;
+    // No worker serves it: round the longest retry step (2 s here), not a busy loop.
+    while log_of(&stack, "worker1")
+        .matches(r#"handed off","delay_ms":2000"#)
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the job was never handed off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let doc = stack.status_doc(&location).await;
+    assert_eq!(doc["status"], "queued", "it waits, it does not fail: {doc}");
+    assert_eq!(doc["attempts"], 0, "{doc}");
+
+    // Its worker starts: the job runs.
+    stack.add_worker_binary("wordcount-worker", &[]);
+    let result: Value = stack.wait(&location, LONG).await.json().await.unwrap();
+    assert_eq!(
+        result,
+        json!({
+            "words": 6,
+            "distinct": 4,
+            "top": [
+                {"word": "be", "count": 2},
+                {"word": "to", "count": 2},
+                {"word": "not", "count": 1},
+                {"word": "or", "count": 1},
+            ],
+        })
+    );
+}
