@@ -188,7 +188,7 @@ impl Consumer {
                 _ = shutdown.changed() => break Ok(Ended::Shutdown),
                 set = &mut delivering => {
                     callbacks_ended = Some(set);
-                    break Err(ConsumeError::CallbacksClosed);
+                    break callbacks_closed(shutdown);
                 }
             };
             let delivery = tokio::select! {
@@ -196,7 +196,7 @@ impl Consumer {
                 _ = shutdown.changed() => break Ok(Ended::Shutdown),
                 set = &mut delivering => {
                     callbacks_ended = Some(set);
-                    break Err(ConsumeError::CallbacksClosed);
+                    break callbacks_closed(shutdown);
                 }
             };
             match delivery {
@@ -255,7 +255,11 @@ impl Consumer {
             )
             .await;
             // Then the deliveries in progress, within what is left.
-            let mut in_progress = delivering.await.unwrap_or_default();
+            let mut in_progress = match callbacks_ended.take() {
+                Some(set) => set,
+                None => delivering.await,
+            }
+            .unwrap_or_default();
             drain_until(
                 &mut in_progress,
                 deadline,
@@ -387,5 +391,16 @@ async fn reap_lapsed_leases(processor: Processor, publisher: lapin::Channel) {
                 _ => {}
             }
         }
+    }
+}
+
+/// Why the session ends when the callbacks consumer did: on a shutdown the consumer stops by
+/// itself (it watches the same signal) and may be seen before the signal is, which must still
+/// drain like a shutdown; otherwise the broker cancelled it or the connection failed.
+fn callbacks_closed(shutdown: &watch::Receiver<bool>) -> Result<Ended, ConsumeError> {
+    if *shutdown.borrow() {
+        Ok(Ended::Shutdown)
+    } else {
+        Err(ConsumeError::CallbacksClosed)
     }
 }
