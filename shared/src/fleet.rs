@@ -11,8 +11,49 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::KeyLayout;
+
 /// A worker is live while its last heartbeat is at most this many heartbeat intervals old.
 pub const TTL_HEARTBEATS: u64 = 3;
+
+/// Registry members read at most at once (a fleet is far smaller).
+pub const MAX_WORKERS: isize = 1000;
+
+/// One member of the registry as read: its id, its last heartbeat (unix ms) and its record
+/// (`None`: expired, or unreadable).
+pub type Member = (String, i64, Option<WorkerRecord>);
+
+/// Reads the registry's members (at most [`MAX_WORKERS`]) with their records, in two round
+/// trips (the sorted set, then the records). Deciding who is alive is the caller's
+/// ([`is_fresh`]): the facade also prunes the stale ones, a worker only asks who serves what.
+pub async fn read_members<C>(conn: &mut C, keys: &KeyLayout) -> redis::RedisResult<Vec<Member>>
+where
+    C: redis::aio::ConnectionLike + Send,
+{
+    let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg(keys.workers())
+        .arg(0)
+        .arg(MAX_WORKERS - 1)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    let record_keys: Vec<String> = members.iter().map(|(id, _)| keys.worker(id)).collect();
+    let records: Vec<Option<String>> = redis::cmd("MGET")
+        .arg(&record_keys)
+        .query_async(conn)
+        .await?;
+    Ok(members
+        .into_iter()
+        .zip(records)
+        .map(|((id, last_ms), record)| {
+            let record = record.and_then(|r| serde_json::from_str::<WorkerRecord>(&r).ok());
+            (id, last_ms, record)
+        })
+        .collect())
+}
 
 /// What a worker tells about itself (served as is by `GET /v1/workers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,15 +31,13 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::fleet::{is_fresh, WorkerRecord};
+use shared::fleet::{is_fresh, read_members, WorkerRecord};
 use shared::job_types::JobTypeRecord;
 use shared::redis_conn::{RedisConn, Retries};
 use shared::{KeyLayout, Settings};
 
 /// How long a read of the live workers' types is trusted.
 const FRESH_FOR: Duration = Duration::from_secs(1);
-/// Registry entries read at most (a fleet is far smaller).
-const MAX_WORKERS: isize = 1000;
 
 /// What becomes of a job of a type this worker does not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,29 +142,10 @@ impl LiveTypes {
             .filter(|record| record.refreshed_at_ms >= cutoff)
             .map(|record| record.name)
             .collect();
-        let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
-            .arg(self.keys.workers())
-            .arg(0)
-            .arg(MAX_WORKERS - 1)
-            .arg("WITHSCORES")
-            .query_async(&mut conn)
-            .await?;
-        if members.is_empty() {
-            return Ok(Known {
-                served: HashSet::new(),
-                registered,
-            });
-        }
-        let keys: Vec<String> = members.iter().map(|(id, _)| self.keys.worker(id)).collect();
-        let records: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let records = members
+        let records = read_members(&mut conn, &self.keys)
+            .await?
             .into_iter()
-            .zip(records)
-            .filter_map(|((_, last), r)| {
-                let record = serde_json::from_str::<WorkerRecord>(&r?).ok()?;
-                Some((last, record))
-            });
+            .filter_map(|(_, last, record)| Some((last, record?)));
         Ok(Known {
             served: served_types(records, now_ms),
             registered,

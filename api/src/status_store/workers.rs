@@ -3,12 +3,9 @@
 
 use std::sync::LazyLock;
 
-use shared::fleet::{is_fresh, WorkerRecord};
+use shared::fleet::{is_fresh, read_members, WorkerRecord};
 
 use super::{StatusStore, StoreError};
-
-/// Registry entries read at most per request (a fleet is far smaller).
-const MAX_WORKERS: isize = 1000;
 
 /// Removes the given members (ARGV: id, score, …) only if their score is still the one read:
 /// a worker that beat again meanwhile keeps its place.
@@ -32,27 +29,11 @@ impl StatusStore {
     pub async fn live_workers(&self) -> Result<Vec<WorkerRecord>, StoreError> {
         self.with_conn(|store, mut conn| async move {
             let registry = store.keys.workers();
-            let members: Vec<(String, i64)> = redis::cmd("ZRANGE")
-                .arg(&registry)
-                .arg(0)
-                .arg(MAX_WORKERS - 1)
-                .arg("WITHSCORES")
-                .query_async(&mut conn)
-                .await?;
-            if members.is_empty() {
-                return Ok(Vec::new());
-            }
-            let keys: Vec<String> = members
-                .iter()
-                .map(|(id, _)| store.keys.worker(id))
-                .collect();
-            let records: Vec<Option<String>> =
-                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            let members = read_members(&mut conn, &store.keys).await?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             let mut live = Vec::new();
             let mut stale = Vec::new();
-            for ((id, last_ms), record) in members.into_iter().zip(records) {
-                let record = record.and_then(|r| serde_json::from_str::<WorkerRecord>(&r).ok());
+            for (id, last_ms, record) in members {
                 match record {
                     Some(record) if is_fresh(last_ms, record.heartbeat_seconds, now_ms) => {
                         live.push(record)
