@@ -55,6 +55,21 @@ impl Stack {
                 command.env("APP__WORKER__CONCURRENCY", c.to_string());
             }
         };
+        // The workers' job types, registered before the facade starts (as a deploy does), so
+        // that a stack without workers (the HTTP scenarios) accepts its submits too.
+        let mut register = Command::new(&bins.worker);
+        env(&mut register);
+        let registered = register
+            .args(["job-types", "register"])
+            .output()
+            .map_err(|e| msg(format!("{}: worker job-types register: {e}", spec.name)))?;
+        if !registered.status.success() {
+            return Err(msg(format!(
+                "{}: worker job-types register failed: {}",
+                spec.name,
+                String::from_utf8_lossy(&registered.stderr)
+            )));
+        }
         let mut api = Command::new(&bins.api);
         env(&mut api);
         let api = Owned::spawn(
@@ -99,6 +114,23 @@ impl Stack {
             }
             if Instant::now() > deadline {
                 return Err(msg(format!("{} not ready in 30 s", self.api.name)));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The facade reads the registry about once a second: wait until it knows the types.
+        loop {
+            let mut conn = Conn::connect(self.addr, Proto::Http).await?;
+            let types = conn
+                .call(&http_request("GET", "/v1/job-types", &[], b""))
+                .await?;
+            if types.status == 200 && types.body.windows(6).any(|w| w == b"\"echo\"") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(msg(format!(
+                    "{}: the facade did not list the registered job types in 30 s",
+                    self.spec.name
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
