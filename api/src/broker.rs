@@ -3,11 +3,21 @@
 //! A job counts as queued only when the broker confirmed it *and* did not return it as
 //! unroutable. The connection is made lazily and remade after a failure, so the facade rides
 //! out a broker restart without being restarted itself.
+//!
+//! Each job type's jobs go to the queue its workers registered (`<queue>.<type>` by default,
+//! see `shared::topology`). The facade declares a queue once per connection, before its first
+//! publish there, as the workers do (so a type whose workers are all down still takes jobs,
+//! which wait), and again after a publish came back unroutable (the queue was deleted).
+//! Declarations use a short-lived channel of their own: a queue declared elsewhere with other
+//! arguments makes the broker close the declaring channel, which must never be the one every
+//! publish shares (the queue exists, so publishing goes on).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
+use lapin::types::ShortString;
 use lapin::{Channel, Connection};
 use shared::amqp::{ConnectError, Nodes};
 use shared::configuration::AmqpSettings;
@@ -59,6 +69,14 @@ struct Link {
     channel: Channel,
 }
 
+/// Where a job is published: its type's queue, and whether that queue takes priorities (its
+/// declaration's arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueTarget {
+    pub name: String,
+    pub priorities: bool,
+}
+
 #[derive(Default)]
 struct Slot {
     link: Option<Arc<Link>>,
@@ -66,8 +84,8 @@ struct Slot {
     /// Why the last attempt failed, and whether TLS is why (for requests in the back-off).
     last_error: String,
     last_tls: bool,
-    /// The queue must be declared again before the next publish (it was found missing).
-    redeclare: bool,
+    /// The queues declared on this connection.
+    declared: HashSet<String>,
 }
 
 impl Slot {
@@ -102,10 +120,6 @@ impl Broker {
         let mut slot = self.slot.lock().await;
         if let Some(link) = slot.link.clone() {
             if link.channel.status().connected() {
-                if slot.redeclare {
-                    topology::declare_work_queue(&link.channel, &self.settings).await?;
-                    slot.redeclare = false;
-                }
                 return Ok(link.channel.clone());
             }
             tracing::warn!("broker channel closed; reconnecting");
@@ -136,8 +150,8 @@ impl Broker {
                 let channel = link.channel.clone();
                 slot.link = Some(Arc::new(link));
                 slot.last_failure = None;
-                slot.redeclare = false;
-                tracing::info!(queue = %self.settings.queue, %node, "connected to the broker");
+                slot.declared.clear();
+                tracing::info!(%node, "connected to the broker");
                 Ok(channel)
             }
             Ok(Err(e)) => {
@@ -151,25 +165,56 @@ impl Broker {
         }
     }
 
-    /// A confirm-mode channel on `connection`, with the topology declared.
-    async fn set_up(connection: Connection, settings: &AmqpSettings) -> Result<Link, lapin::Error> {
+    /// A confirm-mode channel on `connection`.
+    async fn set_up(connection: Connection, _settings: &AmqpSettings) -> Result<Link, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        topology::declare_work_queue(&channel, settings).await?;
         Ok(Link {
             _connection: connection,
             channel,
         })
     }
 
-    /// Publishes `payload` to the work queue with `priority` (0-9) and the job's
-    /// `traceparent`, and waits for the broker's confirm. While connected it publishes from
-    /// the calling thread (the channel's own tasks run on the I/O runtime, where it was made,
-    /// whoever publishes); connecting and reconnecting happen on the I/O runtime (see `io.rs`).
+    /// Declares `queue` on a channel of its own (see the module's documentation), once per
+    /// connection.
+    async fn declare(&self, queue: &QueueTarget) -> Result<(), BrokerError> {
+        let link = {
+            let slot = self.slot.lock().await;
+            if slot.declared.contains(&queue.name) {
+                return Ok(());
+            }
+            slot.link
+                .clone()
+                .ok_or_else(|| BrokerError::Connect("the connection was lost".into()))?
+        };
+        let channel = link._connection.create_channel().await?;
+        match topology::declare_work_queue(&channel, &self.settings, &queue.name, queue.priorities)
+            .await
+        {
+            Ok(_) => {
+                let _ = channel.close(200, ShortString::from("declared")).await;
+            }
+            // Refused: declared already with other arguments (by a worker of another
+            // configuration); it exists, which is all a publish needs.
+            Err(e) if link.channel.status().connected() => {
+                tracing::warn!(queue = %queue.name, error = %e, "the queue exists with other arguments; publishing to it as it is");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.slot.lock().await.declared.insert(queue.name.clone());
+        Ok(())
+    }
+
+    /// Publishes `payload` to `queue` with `priority` (0-9) and the job's `traceparent`, and
+    /// waits for the broker's confirm. While connected (and the queue declared) it publishes
+    /// from the calling thread (the channel's own tasks run on the I/O runtime, where it was
+    /// made, whoever publishes); connecting, reconnecting and declaring happen on the I/O
+    /// runtime (see `io.rs`).
     pub async fn publish(
         &self,
+        queue: &QueueTarget,
         message_id: &str,
         payload: &[u8],
         priority: u8,
@@ -179,22 +224,23 @@ impl Broker {
             "amqp publish",
             otel.kind = "producer",
             messaging.system = "rabbitmq",
-            messaging.destination.name = %self.settings.queue
+            messaging.destination.name = %queue.name
         );
         async {
-            if let Some(channel) = self.ready_channel().await {
+            if let Some(channel) = self.ready_channel(&queue.name).await {
                 return self
-                    .publish_on(&channel, message_id, payload, priority, traceparent)
+                    .publish_on(&channel, &queue.name, message_id, payload, priority, traceparent)
                     .await;
             }
             let (broker, message_id, payload) =
                 (self.clone(), message_id.to_owned(), payload.to_vec());
-            let traceparent = traceparent.to_owned();
+            let (traceparent, queue) = (traceparent.to_owned(), queue.clone());
             self.io
                 .run(async move {
                     let channel = broker.channel().await?;
+                    broker.declare(&queue).await?;
                     broker
-                        .publish_on(&channel, &message_id, &payload, priority, &traceparent)
+                        .publish_on(&channel, &queue.name, &message_id, &payload, priority, &traceparent)
                         .await
                 })
                 .await?
@@ -203,16 +249,18 @@ impl Broker {
         .await
     }
 
-    /// The channel, if it is connected and ready for publishing as it is.
-    async fn ready_channel(&self) -> Option<Channel> {
+    /// The channel, if it is connected and `queue` declared on it.
+    async fn ready_channel(&self, queue: &str) -> Option<Channel> {
         let slot = self.slot.lock().await;
         let link = slot.link.as_ref()?;
-        (link.channel.status().connected() && !slot.redeclare).then(|| link.channel.clone())
+        (link.channel.status().connected() && slot.declared.contains(queue))
+            .then(|| link.channel.clone())
     }
 
     async fn publish_on(
         &self,
         channel: &Channel,
+        queue: &str,
         message_id: &str,
         payload: &[u8],
         priority: u8,
@@ -223,12 +271,14 @@ impl Broker {
             .priority(priority)
             .traceparent(Some(traceparent));
         let started = std::time::Instant::now();
-        let result = publish_confirmed(channel, &self.settings.queue, outgoing, timeout).await;
+        let result = publish_confirmed(channel, queue, outgoing, timeout).await;
         crate::metrics::PUBLISH_CONFIRM.observe(started.elapsed().as_secs_f64());
         match &result {
             // Unroutable: most likely the queue was deleted. Declare it again before the
             // next publish so the facade heals by itself.
-            Err(PublishError::Returned(_)) => self.slot.lock().await.redeclare = true,
+            Err(PublishError::Returned(_)) => {
+                self.slot.lock().await.declared.remove(queue);
+            }
             // Refused: the queue could not take the message, e.g. a quorum queue whose leader
             // died. Seen on RabbitMQ 3.10 (tests/tests/failover.rs): a channel opened on a
             // surviving node just after the leader's node died was sometimes refused for more

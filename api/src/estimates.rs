@@ -2,7 +2,7 @@
 //!
 //! - the job type's observed run time, a moving average that the workers keep in Redis
 //!   (`{prefix}:stats`, shared by every facade), and
-//! - the backlog: messages ready in the work queue, worked off by `consumers ×
+//! - the backlog: messages ready in the job type's work queue, worked off by `consumers ×
 //!   worker.concurrency` jobs at a time.
 //!
 //! A queued job is told `backlog / parallelism × average + average` (and never less than the
@@ -25,6 +25,7 @@ use tokio::sync::Mutex;
 
 use crate::broker::queue_stats::QueueStats;
 use crate::broker::Broker;
+use crate::job_types::JobTypes;
 use crate::status_store::StatusStore;
 
 /// How long fetched averages and queue figures are used before they are fetched again.
@@ -76,19 +77,50 @@ pub struct Estimates {
     concurrency: u32,
     /// Shared, so a poll takes a reference rather than a copy of every type's name.
     averages: Mutex<Cached<Arc<HashMap<String, f64>>>>,
-    queue: Mutex<Cached<QueueStats>>,
+    /// Each work queue's figures, by queue name.
+    queues: std::sync::Mutex<HashMap<String, Arc<Mutex<Cached<QueueStats>>>>>,
+    /// Where each type's jobs wait.
+    job_types: JobTypes,
+    /// `amqp.queue`: the single queue of workers before queues per type.
+    legacy_queue: String,
 }
 
 impl Estimates {
-    pub fn new(store: StatusStore, broker: Broker, settings: &Settings) -> Self {
+    pub fn new(
+        store: StatusStore,
+        broker: Broker,
+        job_types: JobTypes,
+        settings: &Settings,
+    ) -> Self {
         Estimates {
             store,
             broker,
             settings: settings.retry_after.clone(),
             concurrency: settings.worker.concurrency.clamp(1, u32::MAX as usize) as u32,
             averages: Mutex::new(Cached::empty()),
-            queue: Mutex::new(Cached::empty()),
+            queues: Default::default(),
+            job_types,
+            legacy_queue: settings.amqp.queue.clone(),
         }
+    }
+
+    /// The figures of `queue`, as measured within the last second.
+    async fn queue_stats(&self, queue: &str) -> Option<QueueStats> {
+        let cell = match self.queues.lock() {
+            Ok(mut queues) => queues
+                .entry(queue.to_owned())
+                .or_insert_with(|| Arc::new(Mutex::new(Cached::empty())))
+                .clone(),
+            Err(_) => return None,
+        };
+        Cached::get(&cell, || self.broker.queue_stats(queue)).await
+    }
+
+    /// The work queue of `job_type`'s jobs (none for a type the facade does not know).
+    pub fn queue_of(&self, job_type: &str) -> Option<String> {
+        let catalog = self.job_types.current();
+        let known = catalog.get(job_type)?;
+        Some(known.queue(&self.legacy_queue).to_owned())
     }
 
     /// Seconds a client should wait before polling `doc`'s job again, clamped to the bounds.
@@ -103,21 +135,35 @@ impl Estimates {
         let Some(average) = averages.and_then(|a| a.get(&doc.job_type).copied()) else {
             return self.settings.clamp(self.settings.default_seconds);
         };
-        let queue = if doc.status == JobStatus::Queued {
-            Cached::get(&self.queue, || self.broker.queue_stats()).await
-        } else {
-            None
+        let queue = match self.queue_of(&doc.job_type) {
+            Some(queue) if doc.status == JobStatus::Queued => self.queue_stats(&queue).await,
+            _ => None,
         };
         let seconds = estimate(doc, average, queue, self.concurrency, Utc::now());
         self.settings.clamp(seconds.max(0.0).ceil() as u64)
     }
 
-    /// Messages ready in the work queue, as measured within the last second (shared with
-    /// the estimates); `None` when the broker could not be asked.
-    pub async fn queue_depth(&self) -> Option<u64> {
-        Cached::get(&self.queue, || self.broker.queue_stats())
+    /// Messages ready in `queue`, as measured within the last second (shared with the
+    /// estimates); `None` when the broker could not be asked.
+    pub async fn queue_depth(&self, queue: &str) -> Option<u64> {
+        self.queue_stats(queue)
             .await
             .map(|q| u64::from(q.messages))
+    }
+
+    /// The depth of the deepest work queue of the known types (what admission control
+    /// compares with `limits.max_queue_depth` before a submission's type is read); `None`
+    /// when no queue could be measured.
+    pub async fn deepest_queue(&self) -> Option<u64> {
+        let catalog = self.job_types.current();
+        let mut queues: Vec<String> = catalog
+            .types()
+            .map(|t| t.queue(&self.legacy_queue).to_owned())
+            .collect();
+        queues.sort();
+        queues.dedup();
+        let depths = futures_util::future::join_all(queues.iter().map(|q| self.queue_depth(q)));
+        depths.await.into_iter().flatten().max()
     }
 
     /// The `Retry-After` settings in force for `doc`'s job: the configured bounds, with this

@@ -139,8 +139,8 @@ impl Limits {
         self.settings.max_queue_depth > 0
     }
 
-    /// Refuses a submit while the work queue holds more than the admission limit (`depth`:
-    /// messages ready, as last measured; unknown depth admits).
+    /// Refuses a submit while its type's work queue holds more than the admission limit
+    /// (`depth`: messages ready, as last measured; unknown depth admits).
     pub fn admit(&self, depth: Option<u64>) -> Result<(), ApiError> {
         let limit = self.settings.max_queue_depth;
         match depth {

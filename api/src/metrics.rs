@@ -80,14 +80,14 @@ pub static REDIS_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
 pub static QUEUE_MESSAGES: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "arr_queue_messages",
-        "Messages ready in the work queue (read at scrape time).",
+        "Messages ready in the job types' work queues, summed (read at scrape time).",
     )
 });
 
 pub static QUEUE_CONSUMERS: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
         "arr_queue_consumers",
-        "Consumers (worker connections) on the work queue (read at scrape time).",
+        "Consumers (worker connections) on the job types' work queues, summed (read at scrape time).",
     )
 });
 

@@ -498,8 +498,21 @@ fn problem_schemas() -> Vec<(&'static str, Value)> {
                         },
                         "required": ["name", "depth"],
                     },
+                    "versions": {
+                        "description": "Every registered version of the type, newest first (two during a rolling deploy that changed its schema). A submission is accepted when its input meets the schema of any version a live worker serves.",
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "schema_digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                "worker_version": {"type": "string"},
+                                "workers": {"type": "integer", "minimum": 0, "description": "Live workers serving this version."},
+                            },
+                            "required": ["schema_digest", "worker_version", "workers"],
+                        },
+                    },
                 },
-                "required": ["name", "description", "input_schema", "example", "limits", "priorities", "schema_digest", "worker_version", "workers", "state", "queue"],
+                "required": ["name", "description", "input_schema", "example", "limits", "priorities", "schema_digest", "worker_version", "workers", "state", "queue", "versions"],
             }),
         ),
         (

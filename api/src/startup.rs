@@ -103,11 +103,16 @@ impl Application {
         if !keyring.enabled() {
             tracing::warn!("authentication is off: every request acts as the default tenant, with operator rights");
         }
-        let estimates = crate::estimates::Estimates::new(store.clone(), broker.clone(), &settings);
         let job_types = crate::job_types::JobTypes::start(
             store.clone(),
             &io,
             settings.jobs.type_retention_seconds,
+        );
+        let estimates = crate::estimates::Estimates::new(
+            store.clone(),
+            broker.clone(),
+            job_types.clone(),
+            &settings,
         );
         let state = web::Data::new(AppState {
             settings: Arc::new(settings.clone()),

@@ -8,7 +8,7 @@ use shared::job_types::{self, FieldError};
 use shared::webhooks::WebhookSettings;
 
 use crate::error::ApiError;
-use crate::job_types::{Catalog, KnownType};
+use crate::job_types::{Catalog, Checked, KnownType};
 
 /// Members a submission may have.
 const MEMBERS: &[&str] = &["type", "input", "priority", "callback_url"];
@@ -22,6 +22,8 @@ pub struct Submission {
     pub priority: u8,
     /// Checked against the webhook allow-list.
     pub callback_url: Option<String>,
+    /// The schema versions the input met.
+    pub checked: Checked,
 }
 
 impl Submission {
@@ -113,19 +115,20 @@ impl Submission {
         };
 
         let mut input = body.remove("input").unwrap_or(Value::Null);
-        if let Some(spec) = &spec {
-            let invalid = spec.schema.validate(&input);
-            if invalid.is_empty() {
-                spec.schema.normalize(&mut input);
+        let checked = spec.as_ref().and_then(|spec| match spec.check(&mut input) {
+            Ok(checked) => Some(checked),
+            Err(invalid) => {
+                errors.extend(invalid);
+                None
             }
-            errors.extend(invalid);
-        }
-        match spec {
-            Some(job_type) if errors.is_empty() => Ok(Submission {
+        });
+        match (spec, checked) {
+            (Some(job_type), Some(checked)) if errors.is_empty() => Ok(Submission {
                 job_type,
                 input,
                 priority,
                 callback_url,
+                checked,
             }),
             _ => Err(invalid(errors)),
         }

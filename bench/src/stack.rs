@@ -179,15 +179,18 @@ impl Stack {
         } else {
             shared::configuration::QueueType::Classic
         };
-        let mut queues = vec![
-            self.spec.queue.clone(),
-            shared::topology::dead_letter_queue(&self.spec.queue),
-        ];
-        queues.extend(
-            shared::topology::retry_steps(&amqp)
-                .into_iter()
-                .map(|ms| shared::topology::retry_queue(&amqp, ms)),
-        );
+        let work: Vec<String> = ["echo", "sleep", "hash", "fail"]
+            .iter()
+            .map(|t| amqp.queue_of(t))
+            .collect();
+        let (queues, exchanges) =
+            shared::topology::declared_names(&amqp, &settings.webhooks, &work);
+        if let Err(e) = crate::raw::delete_exchanges(&settings.amqp.url, &exchanges).await {
+            eprintln!(
+                "warning: cannot delete the exchanges of {}: {e}",
+                self.spec.name
+            );
+        }
         if let Err(e) = crate::raw::delete_queues(&settings.amqp.url, &queues).await {
             eprintln!(
                 "warning: cannot delete the queues of {}: {e}",

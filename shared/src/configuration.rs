@@ -46,6 +46,11 @@ pub struct AmqpSettings {
     pub retry_max_delay_ms: u64,
     pub delivery_limit: u32,
     pub consumer_timeout_seconds: u64,
+    /// Job types whose jobs share a queue: type name → the queue's name after the prefix
+    /// (`email = "light"` puts `email`'s jobs in `<queue>.light`). A type not named here has
+    /// a queue of its own, `<queue>.<type>` (see `crate::topology::type_queue`).
+    #[serde(default)]
+    pub type_queues: std::collections::BTreeMap<String, String>,
     /// TLS (`amqps://`): a CA file instead of the system's roots, and a client certificate and
     /// key for mutual TLS; empty: not set (see `crate::tls`).
     #[serde(default)]
@@ -73,6 +78,7 @@ impl std::fmt::Debug for AmqpSettings {
             )
             .field("queue", &self.queue)
             .field("queue_type", &self.queue_type)
+            .field("type_queues", &self.type_queues)
             .field("prefetch", &self.prefetch)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
@@ -81,6 +87,13 @@ impl std::fmt::Debug for AmqpSettings {
 }
 
 impl AmqpSettings {
+    /// The queue of `job_type`'s jobs as this configuration names it: `<queue>.<type>`, or
+    /// `<queue>.<name>` when `type_queues` puts the type in a shared queue `<name>`.
+    pub fn queue_of(&self, job_type: &str) -> String {
+        let suffix = self.type_queues.get(job_type).map_or(job_type, String::as_str);
+        crate::topology::type_queue(&self.queue, suffix)
+    }
+
     /// The broker nodes: `url` may list several, separated by commas (see `crate::amqp`).
     pub fn urls(&self) -> Vec<String> {
         self.url
@@ -383,6 +396,16 @@ impl Settings {
             return Err(ConfigError(format!(
                 "worker.types: '{bad_name}' is not a job type name"
             )));
+        }
+        for (job_type, suffix) in &self.amqp.type_queues {
+            if !crate::job_types::valid_name(job_type) {
+                return Err(ConfigError(format!(
+                    "amqp.type_queues: '{job_type}' is not a job type name"
+                )));
+            }
+            if let Err(e) = crate::topology::check_queue_suffix(suffix) {
+                return Err(ConfigError(format!("amqp.type_queues.{job_type}: {e}")));
+            }
         }
         if self.jobs.retention_seconds == 0 {
             return bad("jobs.retention_seconds must be at least 1");

@@ -64,7 +64,7 @@ pub struct WorkerRecord {
     pub pid: u32,
     /// The worker binary's version (`CARGO_PKG_VERSION`).
     pub version: String,
-    /// The queue it consumes.
+    /// The queues' prefix (`amqp.queue`); the queues it consumes are `queues`.
     pub queue: String,
     /// Jobs it runs at once at most.
     pub concurrency: usize,
@@ -84,6 +84,15 @@ pub struct WorkerRecord {
     /// [`crate::job_types`]). Empty in records of older workers.
     #[serde(default)]
     pub job_types: Vec<String>,
+    /// The schema digest of each type it serves (as `job_types`), which tells the facades
+    /// which versions of a type are live during a rolling deploy. Empty in records of older
+    /// workers.
+    #[serde(default)]
+    pub schema_digests: Vec<String>,
+    /// The work queues it consumes (one per type, or shared). Empty in records of older
+    /// workers, which consume `queue`.
+    #[serde(default)]
+    pub queues: Vec<String>,
 }
 
 /// Whether a heartbeat at `last_ms` of a worker beating every `heartbeat_seconds` is still

@@ -60,9 +60,14 @@ pub struct JobTypeRecord {
     /// Whether the type's jobs are ordered by `priority` (a type that does not take them
     /// refuses a priority other than 0).
     pub priorities: bool,
-    /// [`schema_digest`] of `input_schema`: queue messages carry the digest of the schema the
-    /// facade checked them against.
+    /// [`schema_digest`] of `input_schema`: queue messages carry the digests of the schemas
+    /// the facade checked them against.
     pub schema_digest: String,
+    /// The work queue the registering worker consumes the type's jobs from (`<queue>.<type>`
+    /// unless configured to share one): where the facades publish them. Absent in records of
+    /// versions before queues per type, whose workers consume the single queue `<queue>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
     /// Version of the worker binary that registered it.
     pub worker_version: String,
     /// When the registering worker started (unix ms): of two registrations of one type, the

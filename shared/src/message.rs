@@ -35,6 +35,12 @@ pub struct JobMessage {
     /// type's `schema_digest`). Absent in messages of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_digest: Option<String>,
+    /// During a rolling deploy two versions of a type may be registered with different
+    /// schemas: the digests of every live version's schema that `input` meets besides
+    /// `schema_digest` (a worker whose schema is among them runs the job as it is; see
+    /// `worker::versions`). Empty when only one version was live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_valid_for: Vec<String>,
 }
 
 impl JobMessage {
@@ -53,12 +59,22 @@ impl JobMessage {
             callback_url: None,
             tenant: Tenant::default(),
             schema_digest: None,
+            also_valid_for: Vec::new(),
         }
     }
 
-    /// The same message, marked as checked against the schema of digest `digest`.
-    pub fn checked_against(mut self, digest: &str) -> Self {
+    /// Whether the facade found `input` valid against the schema of digest `digest`.
+    /// Messages of older versions (no digest) say nothing either way.
+    pub fn checked_against_digest(&self, digest: &str) -> bool {
+        self.schema_digest.as_deref() == Some(digest)
+            || self.also_valid_for.iter().any(|d| d == digest)
+    }
+
+    /// The same message, marked as checked against the schema of digest `digest` (and of
+    /// the digests `others`, see [`JobMessage::also_valid_for`]).
+    pub fn checked_against(mut self, digest: &str, others: &[String]) -> Self {
         self.schema_digest = Some(digest.to_owned());
+        self.also_valid_for = others.iter().filter(|d| *d != digest).cloned().collect();
         self
     }
 

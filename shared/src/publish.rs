@@ -72,6 +72,18 @@ pub async fn publish_confirmed(
     outgoing: Outgoing<'_>,
     timeout: Duration,
 ) -> Result<(), PublishError> {
+    publish_confirmed_via(channel, "", routing_key, outgoing, timeout).await
+}
+
+/// Publishes to `exchange` with `routing_key` and waits for the confirm (a delay queue's
+/// exchange, with the key of the work queue the message returns to: see `crate::topology`).
+pub async fn publish_confirmed_via(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    outgoing: Outgoing<'_>,
+    timeout: Duration,
+) -> Result<(), PublishError> {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2) // persistent
         .with_content_type(ShortString::from(CONTENT_TYPE))
@@ -94,7 +106,7 @@ pub async fn publish_confirmed(
     let publish = async {
         let confirm = channel
             .basic_publish(
-                ShortString::from(""),
+                ShortString::from(exchange),
                 ShortString::from(routing_key),
                 BasicPublishOptions {
                     mandatory: true,

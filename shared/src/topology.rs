@@ -1,22 +1,32 @@
 //! The RabbitMQ topology both sides declare (idempotently, at every connect):
 //!
-//! - the durable work queue `<queue>`, dead-lettering into `<queue>.dead`;
-//! - the dead-letter queue `<queue>.dead`, where messages that cannot be handled end up (an
-//!   operator inspects and replays them; see the README);
-//! - one delay queue per retry step, `<queue>.retry.<ms>`, whose messages expire after `<ms>`
-//!   and are dead-lettered back into the work queue. One queue per step (rather than one queue
-//!   with per-message TTLs) because a queue only expires messages at its head: a long delay must
-//!   never hold up a short one. With quorum queues they are quorum queues too, named
-//!   `<queue>.retry-q.<ms>` (see [`retry_queue`]);
+//! - a durable work queue per job type, `<queue>.<type>` ([`type_queue`]; types may share one
+//!   by configuration, `amqp.type_queues`), dead-lettering into `<that queue>.dead`, where
+//!   messages that cannot be handled end up (an operator inspects and replays them; see the
+//!   README). Only the queues of types that take priorities are declared with
+//!   `x-max-priority`: a priority queue costs the broker 12-20% of its throughput
+//!   (BENCHMARKS.md), which a type without priorities should not pay;
+//! - one delay queue per retry step, `<queue>.delay.<ms>`, shared by every work queue, whose
+//!   messages expire after `<ms>` and are dead-lettered back to the queue they are for. A
+//!   message is published to the step's fanout exchange (named as its queue) with the routing
+//!   key of the work queue it returns to; the delay queue dead-letters to the default exchange
+//!   without a routing key of its own, so the broker routes the expired message by that key,
+//!   back to its work queue. One queue per step (rather than one queue with per-message TTLs)
+//!   because a queue only expires messages at its head: a long delay must never hold up a
+//!   short one. With quorum queues they are quorum queues too, `<queue>.delay-q.<ms>`;
 //! - the workers' outbox of webhook deliveries: `<queue>.callbacks` (one message per callback
 //!   attempt to make), its delay queues `<queue>.callbacks.retry.<ms>` (`.retry-q.` with quorum
 //!   queues) that dead-letter back into it after the back-off, and `<queue>.callbacks.dead` for
-//!   callback messages no worker can read. Only workers declare and use these.
+//!   callback messages no worker can read. Only workers declare and use these;
+//! - `<queue>` itself, the one work queue of every type before queues per type (and its delay
+//!   queues `<queue>.retry.<ms>`): [`legacy_queue_arguments`]. Nothing publishes there any
+//!   more but facades of that version during an upgrade; workers move what they find there to
+//!   the types' queues (`worker::legacy`).
 //!
-//! Both sides must declare with the same arguments or the broker refuses the second declaration,
-//! which is why the arguments are built here, once.
+//! Everyone must declare a queue with the same arguments or the broker refuses the second
+//! declaration, which is why the arguments are built here, once.
 
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
 
@@ -31,20 +41,60 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// The delay queue whose messages wait `delay_ms`.
+/// The work queue `<prefix>.<suffix>`: a type's own queue (`suffix` its name) or one that
+/// types share by configuration.
+pub fn type_queue(prefix: &str, suffix: &str) -> String {
+    format!("{prefix}.{suffix}")
+}
+
+/// First segments of a type's queue name that other queues use (`<queue>.dead`,
+/// `<queue>.callbacks…`, `<queue>.delay.<ms>`, the old `<queue>.retry.<ms>`).
+const RESERVED: &[&str] = &["dead", "callbacks", "delay", "delay-q", "retry", "retry-q"];
+
+/// Whether `suffix` may end a work queue's name `<queue>.<suffix>` without colliding with a
+/// queue of another kind: a job type name (or a shared queue's), whose first dot-separated
+/// segment is none of [`RESERVED`] and whose last is not `dead` (`<queue>.x.dead` is the dead
+/// letters of `<queue>.x`).
+pub fn check_queue_suffix(suffix: &str) -> Result<(), String> {
+    if !crate::job_types::valid_name(suffix) {
+        return Err(format!(
+            "'{suffix}' is not a queue name (1 to 64 of a-z 0-9 . _ -)"
+        ));
+    }
+    let first = suffix.split('.').next().unwrap_or(suffix);
+    if RESERVED.contains(&first) || suffix.rsplit('.').next() == Some("dead") {
+        return Err(format!(
+            "'{suffix}' would collide with the broker's other queues (names starting with {} or ending in .dead are reserved)",
+            RESERVED.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// The shared delay queue (and its fanout exchange, of the same name) whose messages wait
+/// `delay_ms` before returning to the work queue they were published for.
 ///
 /// With quorum queues the delay queues are quorum queues as well (message TTL needs RabbitMQ
 /// 3.10 or newer): a classic queue lives on one node, and while that node is down the queue can
 /// neither be used nor declared, so a facade or worker could not set up its connection on any
 /// other node of the cluster. They get their own names because a queue cannot change type in
-/// place: classic delay queues left by an older version drain by themselves (their messages
-/// still expire into the work queue) and can then be deleted.
-pub fn retry_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
-    delay_queue(settings, "", delay_ms)
+/// place.
+pub fn delay_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
+    let delay = match settings.queue_type {
+        QueueType::Classic => "delay",
+        QueueType::Quorum => "delay-q",
+    };
+    format!("{}.{delay}.{delay_ms}", settings.queue)
+}
+
+/// A delay queue of the single work queue of versions before queues per type,
+/// `<queue>.retry.<ms>` (`.retry-q.` with quorum queues): they dead-letter into `<queue>`.
+pub fn legacy_retry_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
+    old_style_delay_queue(settings, "", delay_ms)
 }
 
 /// `<queue><kind>.retry.<ms>`, or `.retry-q.` for quorum queues.
-fn delay_queue(settings: &AmqpSettings, kind: &str, delay_ms: u64) -> String {
+fn old_style_delay_queue(settings: &AmqpSettings, kind: &str, delay_ms: u64) -> String {
     let retry = match settings.queue_type {
         QueueType::Classic => "retry",
         QueueType::Quorum => "retry-q",
@@ -62,9 +112,9 @@ pub fn callback_dead_letter_queue(queue: &str) -> String {
     format!("{queue}.callbacks.dead")
 }
 
-/// The delay queue of the callback back-off of `delay_ms` (named like [`retry_queue`]).
+/// The delay queue of the callback back-off of `delay_ms` (named like [`legacy_retry_queue`]).
 pub fn callback_delay_queue(settings: &AmqpSettings, delay_ms: u64) -> String {
-    delay_queue(settings, ".callbacks", delay_ms)
+    old_style_delay_queue(settings, ".callbacks", delay_ms)
 }
 
 /// The distinct back-offs a callback can wait between attempts (after attempts 1 to
@@ -109,16 +159,16 @@ fn queue_kind(args: &mut FieldTable, queue_type: QueueType) {
     args.insert(ShortString::from(key), value);
 }
 
-/// The arguments of the work queue for these settings.
-pub fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
+/// The arguments of the work queue `name`, with priorities or without.
+pub fn queue_arguments(settings: &AmqpSettings, name: &str, priorities: bool) -> FieldTable {
     let mut args = FieldTable::default();
     queue_kind(&mut args, settings.queue_type);
     args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
     args.insert(
         ShortString::from("x-dead-letter-routing-key"),
-        text(&dead_letter_queue(&settings.queue)),
+        text(&dead_letter_queue(name)),
     );
-    if settings.queue_type == QueueType::Classic {
+    if settings.queue_type == QueueType::Classic && priorities {
         // Priorities 0-9 (the API's range); quorum queues on RabbitMQ 3.x have none.
         args.insert(
             ShortString::from("x-max-priority"),
@@ -134,8 +184,15 @@ pub fn queue_arguments(settings: &AmqpSettings) -> FieldTable {
     args
 }
 
-/// A delay queue's arguments: its messages expire after `ttl_ms` into `target`.
-fn delay_queue_arguments(queue_type: QueueType, ttl_ms: u64, target: &str) -> FieldTable {
+/// The single work queue's arguments in versions before queues per type (every classic one
+/// had priorities), for declaring it as it is (a declaration with other arguments is refused).
+pub fn legacy_queue_arguments(settings: &AmqpSettings) -> FieldTable {
+    queue_arguments(settings, &settings.queue, true)
+}
+
+/// A delay queue's arguments: its messages expire after `ttl_ms` into `target`, or, without
+/// one, back by the routing key they were published with.
+fn delay_queue_arguments(queue_type: QueueType, ttl_ms: u64, target: Option<&str>) -> FieldTable {
     let mut args = FieldTable::default();
     queue_kind(&mut args, queue_type);
     args.insert(
@@ -143,7 +200,9 @@ fn delay_queue_arguments(queue_type: QueueType, ttl_ms: u64, target: &str) -> Fi
         AMQPValue::LongLongInt(ttl_ms as i64),
     );
     args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
-    args.insert(ShortString::from("x-dead-letter-routing-key"), text(target));
+    if let Some(target) = target {
+        args.insert(ShortString::from("x-dead-letter-routing-key"), text(target));
+    }
     args
 }
 
@@ -161,18 +220,49 @@ async fn declare(channel: &Channel, name: &str, args: FieldTable) -> lapin::Resu
     Ok(queue.message_count())
 }
 
-/// Declares the work queue, its dead-letter queue and its delay queues; returns how many
-/// messages the work queue holds.
-pub async fn declare_work_queue(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<u32> {
+/// Declares the work queue `name` (with priorities or without) and its dead-letter queue;
+/// returns how many messages the work queue holds.
+pub async fn declare_work_queue(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    name: &str,
+    priorities: bool,
+) -> lapin::Result<u32> {
     let mut dead_args = FieldTable::default();
     queue_kind(&mut dead_args, settings.queue_type);
-    declare(channel, &dead_letter_queue(&settings.queue), dead_args).await?;
+    declare(channel, &dead_letter_queue(name), dead_args).await?;
+    declare(channel, name, queue_arguments(settings, name, priorities)).await
+}
+
+/// Declares the shared delay queues of the retry steps, each behind a fanout exchange of its
+/// name (see the module's documentation).
+pub async fn declare_delay_queues(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
     for step in retry_steps(settings) {
-        // Delay queues are of the work queue's type (see `retry_queue`).
-        let args = delay_queue_arguments(settings.queue_type, step, &settings.queue);
-        declare(channel, &retry_queue(settings, step), args).await?;
+        let name = delay_queue(settings, step);
+        let args = delay_queue_arguments(settings.queue_type, step, None);
+        declare(channel, &name, args).await?;
+        channel
+            .exchange_declare(
+                ShortString::from(name.as_str()),
+                lapin::ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                ShortString::from(name.as_str()),
+                ShortString::from(name.as_str()),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
     }
-    declare(channel, &settings.queue, queue_arguments(settings)).await
+    Ok(())
 }
 
 /// Declares the callbacks queue, its delay queues and its dead-letter queue.
@@ -187,7 +277,7 @@ pub async fn declare_callback_queues(
     queue_kind(&mut dead_args, settings.queue_type);
     declare(channel, &dead, dead_args).await?;
     for delay in callback_delays(webhooks) {
-        let args = delay_queue_arguments(settings.queue_type, delay, &queue);
+        let args = delay_queue_arguments(settings.queue_type, delay, Some(&queue));
         declare(channel, &callback_delay_queue(settings, delay), args).await?;
     }
     let mut args = FieldTable::default();
@@ -203,6 +293,33 @@ pub async fn declare_callback_queues(
     }
     declare(channel, &queue, args).await?;
     Ok(())
+}
+
+/// Every queue and exchange the topology of `settings` declares for the work queues `work`
+/// (the shared delay queues, each work queue with its dead letters, the callbacks' queues):
+/// what a test or benchmark that made its own deletes afterwards.
+pub fn declared_names(
+    settings: &AmqpSettings,
+    webhooks: &WebhookSettings,
+    work: &[String],
+) -> (Vec<String>, Vec<String>) {
+    let delays: Vec<String> = retry_steps(settings)
+        .into_iter()
+        .map(|ms| delay_queue(settings, ms))
+        .collect();
+    let mut queues = delays.clone();
+    for queue in work {
+        queues.push(queue.clone());
+        queues.push(dead_letter_queue(queue));
+    }
+    queues.push(callback_queue(&settings.queue));
+    queues.push(callback_dead_letter_queue(&settings.queue));
+    queues.extend(
+        callback_delays(webhooks)
+            .into_iter()
+            .map(|ms| callback_delay_queue(settings, ms)),
+    );
+    (queues, delays)
 }
 
 #[cfg(test)]
@@ -222,14 +339,31 @@ mod tests {
         amqp.retry_max_delay_ms = 1000;
         assert_eq!(retry_steps(&amqp), [1000]);
         amqp.queue = "jobs".into();
-        assert_eq!(retry_queue(&amqp, 1000), "jobs.retry.1000");
+        assert_eq!(delay_queue(&amqp, 1000), "jobs.delay.1000");
+        assert_eq!(legacy_retry_queue(&amqp, 1000), "jobs.retry.1000");
         assert_eq!(callback_delay_queue(&amqp, 100), "jobs.callbacks.retry.100");
         amqp.queue_type = QueueType::Quorum;
-        assert_eq!(retry_queue(&amqp, 1000), "jobs.retry-q.1000");
+        assert_eq!(delay_queue(&amqp, 1000), "jobs.delay-q.1000");
+        assert_eq!(legacy_retry_queue(&amqp, 1000), "jobs.retry-q.1000");
         assert_eq!(
             callback_delay_queue(&amqp, 100),
             "jobs.callbacks.retry-q.100"
         );
+    }
+
+    #[test]
+    fn type_queues_do_not_collide_with_the_other_queues() {
+        let mut amqp = Settings::load(None).unwrap().amqp;
+        amqp.queue = "jobs".into();
+        assert_eq!(amqp.queue_of("echo"), "jobs.echo");
+        amqp.type_queues.insert("email".into(), "light".into());
+        assert_eq!(amqp.queue_of("email"), "jobs.light");
+        for ok in ["echo", "render.pdf", "dead-letters", "retryable", "a.deadline"] {
+            assert!(check_queue_suffix(ok).is_ok(), "{ok}");
+        }
+        for bad in ["dead", "callbacks", "callbacks.x", "delay", "retry-q.5", "x.dead", "", "A"] {
+            assert!(check_queue_suffix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -136,6 +136,7 @@ impl Worker {
                 "this worker has no job types to serve".to_owned(),
             ));
         }
+        registry.queues(&settings.amqp).map_err(RunError::Config)?;
         Ok(registry)
     }
 

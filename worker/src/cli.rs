@@ -11,6 +11,7 @@ use shared::Settings;
 
 use crate::builder::Worker;
 use crate::dead_letters;
+use crate::jobs::Registry;
 
 /// A worker of the asynchronous request-reply service. Without a command it runs the worker.
 #[derive(Parser)]
@@ -27,7 +28,7 @@ struct Args {
 enum Command {
     /// Run the worker (the default).
     Run,
-    /// Inspect or replay the dead-letter queue (`<queue>.dead`).
+    /// Inspect or replay the dead-letter queues (`<work queue>.dead`).
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
     /// The job types this worker serves (its binary's, narrowed by `worker.types`).
@@ -50,11 +51,19 @@ enum DeadLetterCommand {
     List {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// The work queue whose dead letters to read (`jobs.render`; repeatable). Default:
+        /// the queues of the types this worker serves, and the old single queue's.
+        #[arg(long = "queue")]
+        queues: Vec<String>,
     },
-    /// Move up to LIMIT dead letters back into the work queue; their jobs become queued again.
+    /// Move up to LIMIT dead letters back into their types' queues; their jobs become queued
+    /// again.
     Replay {
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// As for `list`.
+        #[arg(long = "queue")]
+        queues: Vec<String>,
     },
 }
 
@@ -120,7 +129,7 @@ async fn run(args: Args, settings: Settings, worker: Worker) -> ExitCode {
         }
         Command::JobTypes(JobTypesCommand::List) => {
             let now = chrono::Utc::now().timestamp_millis();
-            for record in registry.records(&settings.jobs, now, now) {
+            for record in registry.records(&settings.jobs, &settings.amqp, now, now) {
                 println!("{}", serde_json::to_string(&record).unwrap_or_default());
             }
             ExitCode::SUCCESS
@@ -137,8 +146,9 @@ async fn run(args: Args, settings: Settings, worker: Worker) -> ExitCode {
                 }
             }
         }
-        Command::DeadLetters(DeadLetterCommand::List { limit }) => {
-            match dead_letters::list(&settings, limit).await {
+        Command::DeadLetters(DeadLetterCommand::List { limit, queues }) => {
+            let queues = dead_letter_queues(&settings, &registry, queues);
+            match dead_letters::list(&settings, &queues, limit).await {
                 Ok(letters) => {
                     for letter in letters {
                         println!("{}", serde_json::to_string(&letter).unwrap_or_default());
@@ -151,8 +161,13 @@ async fn run(args: Args, settings: Settings, worker: Worker) -> ExitCode {
                 }
             }
         }
-        Command::DeadLetters(DeadLetterCommand::Replay { limit }) => {
-            match dead_letters::replay(&settings, limit).await {
+        Command::DeadLetters(DeadLetterCommand::Replay { limit, queues }) => {
+            let queues = dead_letter_queues(&settings, &registry, queues);
+            // A type's queue as this worker's configuration names it (the registry of other
+            // workers is not consulted: replay with the binary and configuration that serve
+            // the type).
+            let route = |job_type: &str| settings.amqp.queue_of(job_type);
+            match dead_letters::replay(&settings, &queues, route, limit).await {
                 Ok(report) => {
                     println!("{}", serde_json::to_string(&report).unwrap_or_default());
                     ExitCode::SUCCESS
@@ -164,4 +179,18 @@ async fn run(args: Args, settings: Settings, worker: Worker) -> ExitCode {
             }
         }
     }
+}
+
+/// The work queues whose dead letters a command reads: those given, or this worker's types'
+/// queues and the old single queue.
+fn dead_letter_queues(settings: &Settings, registry: &Registry, given: Vec<String>) -> Vec<String> {
+    if !given.is_empty() {
+        return given;
+    }
+    let mut queues: Vec<String> = registry
+        .queues(&settings.amqp)
+        .map(|q| q.into_keys().collect())
+        .unwrap_or_default();
+    queues.push(settings.amqp.queue.clone());
+    queues
 }

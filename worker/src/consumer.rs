@@ -98,7 +98,17 @@ impl Consumer {
         let (connection, node) = self.nodes.connect().await?;
         tracing::info!(%node, "connected to the broker");
         let channel = connection.create_channel().await?;
-        topology::declare_work_queue(&channel, &self.amqp).await?;
+        // The shared delay queues, then each of this worker's types' queues (see
+        // `shared::topology`); the types' queues were checked when the worker started.
+        topology::declare_delay_queues(&channel, &self.amqp).await?;
+        let queues = self
+            .processor
+            .registry
+            .queues(&self.amqp)
+            .unwrap_or_default();
+        for (queue, priorities) in &queues {
+            topology::declare_work_queue(&channel, &self.amqp, queue, *priorities).await?;
+        }
         // A second channel, in confirm mode, for what the worker publishes itself (retries,
         // dead letters, re-published jobs whose lease lapsed, callbacks).
         let publisher = connection.create_channel().await?;
@@ -119,22 +129,39 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        // Per consumer, so per queue: quorum queues refuse a prefetch shared by a channel's
+        // consumers (global QoS).
         channel
             .basic_qos(self.amqp.prefetch, BasicQosOptions::default())
             .await?;
-        let deliveries = channel
-            .basic_consume(
-                ShortString::from(self.amqp.queue.as_str()),
-                ShortString::from(self.consumer_tag.as_str()),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut consumed: Vec<String> = queues.into_keys().collect();
+        // The single work queue of older versions, while it exists (see `legacy`).
+        if let Some(waiting) = crate::legacy::old_queue(&connection, &self.amqp.queue).await? {
+            tracing::info!(queue = %self.amqp.queue, waiting, "the single work queue of an older version is there: consuming it too (its jobs run here or move to their types' queues)");
+            consumed.push(self.amqp.queue.clone());
+        }
+        let mut consumers = Vec::with_capacity(consumed.len());
+        let mut tags = Vec::with_capacity(consumed.len());
+        for queue in &consumed {
+            let tag = format!("{}:{queue}", self.consumer_tag);
+            let consumer = channel
+                .basic_consume(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(tag.as_str()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            consumers.push(consumer);
+            tags.push(tag);
+        }
         Ok(Session {
             connection,
             channel,
             publisher,
-            deliveries,
+            deliveries: futures_util::stream::select_all(consumers),
+            tags,
+            queues: consumed,
             callbacks,
             callback_deliveries,
         })
@@ -153,6 +180,8 @@ impl Consumer {
             channel,
             publisher,
             mut deliveries,
+            tags,
+            queues,
             callbacks,
             callback_deliveries,
         } = tokio::select! {
@@ -168,7 +197,7 @@ impl Consumer {
             publisher.clone(),
             shutdown.clone(),
         ));
-        tracing::info!(queue = %self.amqp.queue, prefetch = self.amqp.prefetch, concurrency = self.worker.concurrency, callback_concurrency = self.webhooks.concurrency, "consuming");
+        tracing::info!(queues = %queues.join(","), prefetch = self.amqp.prefetch, concurrency = self.worker.concurrency, callback_concurrency = self.webhooks.concurrency, "consuming");
 
         let acks = Acks::new(channel.clone());
         let slots = Arc::new(Semaphore::new(self.worker.concurrency));
@@ -227,12 +256,11 @@ impl Consumer {
             // back to the queues when the connection closes.
             // (Within the budget: a broker that does not answer must not hold up the drain.)
             let cancels = async {
-                let _ = channel
-                    .basic_cancel(
-                        ShortString::from(self.consumer_tag.as_str()),
-                        BasicCancelOptions::default(),
-                    )
-                    .await;
+                for tag in &tags {
+                    let _ = channel
+                        .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
+                        .await;
+                }
                 let _ = callbacks
                     .basic_cancel(
                         ShortString::from(self.callback_tag()),
@@ -322,7 +350,12 @@ struct Session {
     connection: lapin::Connection,
     channel: lapin::Channel,
     publisher: lapin::Channel,
-    deliveries: lapin::Consumer,
+    /// The deliveries of every queue consumed, as one stream.
+    deliveries: futures_util::stream::SelectAll<lapin::Consumer>,
+    /// Consumer tags, one per queue.
+    tags: Vec<String>,
+    /// The queues consumed.
+    queues: Vec<String>,
     callbacks: lapin::Channel,
     callback_deliveries: lapin::Consumer,
 }
@@ -353,8 +386,8 @@ async fn reap_lapsed_leases(processor: Processor, publisher: lapin::Channel) {
                 (Ok(Some(doc)), Ok(Some(message))) if !doc.status.is_terminal() => {
                     let key = id.to_string();
                     let outgoing = Outgoing::new(&key, &message);
-                    match publish_confirmed(&publisher, &processor.amqp.queue, outgoing, timeout)
-                        .await
+                    let queue = processor.queue_for_message(&message).await;
+                    match publish_confirmed(&publisher, &queue, outgoing, timeout).await
                     {
                         Ok(()) => {
                             tracing::warn!(job_id = %id, "lease lapsed (its worker died?); job put back on the queue");

@@ -89,8 +89,16 @@ impl Fleet {
                 started_at: now.clone(),
                 last_seen: now,
                 job_types: registry.names().map(str::to_owned).collect(),
+                schema_digests: registry
+                    .types()
+                    .map(|t| t.schema_digest().to_owned())
+                    .collect(),
+                queues: registry
+                    .queues(&settings.amqp)
+                    .map(|q| q.into_keys().collect())
+                    .unwrap_or_default(),
             },
-            types: registry.records(&settings.jobs, started_ms, started_ms),
+            types: registry.records(&settings.jobs, &settings.amqp, started_ms, started_ms),
             type_retention_ms: settings.jobs.type_retention_seconds.saturating_mul(1000) as i64,
             pruned: false,
             interval,
@@ -277,7 +285,7 @@ pub async fn register_once(settings: &Settings, registry: &Registry) -> Result<u
     let mut conn = RedisConn::open(&settings.redis, retries).map_err(|e| e.to_string())?;
     let keys = KeyLayout::new(settings.redis.key_prefix.clone());
     let now = Utc::now().timestamp_millis();
-    let records = registry.records(&settings.jobs, now, now);
+    let records = registry.records(&settings.jobs, &settings.amqp, now, now);
     write_types(&mut conn, &keys, &records)
         .await
         .map_err(|e| e.to_string())?;

@@ -1,19 +1,26 @@
-//! Jobs of a type this worker does not serve. Every job type shares one work queue today, so a
-//! worker that serves some types (the built-ins, say) receives jobs of types that another
-//! worker serves (a binary of your own, see `crate::Worker`). Such a job is handed off, not
-//! failed, while the facades accept its type: the message is published (with a confirm) to a
-//! retry delay queue, which dead-letters it back into the work queue, and the delivery is
-//! acknowledged. The job's document is untouched: still `queued`, no attempt counted.
+//! Jobs this worker does not run where they arrived, and where they go instead.
 //!
-//! - A live, running worker in the fleet registry lists the type: back after the first retry
-//!   step (`amqp.retry_base_delay_ms`), for that worker to take.
-//! - None does, but the type is still registered (refreshed within
-//!   `jobs.type_retention_seconds`, so the facades accept its jobs): its jobs wait for the next
-//!   worker that serves it, going round through the longest retry step
+//! - A job of a type it does not serve. Each type has a queue of its own, so this happens only
+//!   when types share a queue (`amqp.type_queues`) but not their workers, or for jobs moved out
+//!   of the single queue of older versions (`crate::legacy`). While the facades accept the
+//!   type, the job is handed on, not failed: published (with a confirm) to the type's queue,
+//!   through a delay queue when it would come back to this one, and the delivery is
+//!   acknowledged. Its document is untouched: still `queued`, no attempt counted.
+//! - A job of a type it serves, but accepted by the facade against another version's input
+//!   schema only, which this worker's schema rejects (a rolling deploy that changed the
+//!   schema: see `crate::versions`): handed on the same way, for a worker of that version.
+//!
+//! How long it waits:
+//! - a live, running worker serves the type (or that version): back after the first retry
+//!   step (`amqp.retry_base_delay_ms`), for that worker to take;
+//! - none does, but the type (the version) is still registered (refreshed within
+//!   `jobs.type_retention_seconds`, so the facades accept its jobs): its jobs wait for the
+//!   next worker that serves it, going round through the longest retry step
 //!   (`amqp.retry_max_delay_ms`), so a queue of waiting jobs costs one delivery per job per
-//!   step, not a busy loop.
-//! - The type is not registered at all: the job fails `undeliverable` as before and its message
-//!   goes to the dead-letter queue (`worker dead-letters replay` returns it).
+//!   step, not a busy loop;
+//! - the type (the version) is not registered at all: the job fails (`undeliverable`, or
+//!   `input-rejected` for a version gone) and its message goes to the dead-letter queue
+//!   (`worker dead-letters replay` returns it).
 //!
 //! Only a job still to run goes round: one already finished (canceled while queued) is
 //! settled here like any other, its callback queued.
@@ -27,7 +34,7 @@
 //! kind of yes; anything less than "served" is read afresh, so a worker that just started is
 //! seen before any job of its type waits the long step or fails.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,13 +64,28 @@ struct Known {
     served: HashSet<String>,
     /// Types registered within the retention.
     registered: HashSet<String>,
+    /// Schema digests of the types' versions live, running workers serve.
+    live_digests: HashSet<String>,
+    /// Schema digests of the versions registered within the retention.
+    registered_digests: HashSet<String>,
+    /// Each registered type's queue, by its newest registration (`None`: a registration of a
+    /// version before queues per type, whose workers consume the single queue).
+    queues: HashMap<String, Option<String>>,
 }
 
 impl Known {
     fn destination(&self, job_type: &str) -> Destination {
-        if self.served.contains(job_type) {
+        Self::place(&self.served, &self.registered, job_type)
+    }
+
+    fn version_destination(&self, digest: &str) -> Destination {
+        Self::place(&self.live_digests, &self.registered_digests, digest)
+    }
+
+    fn place(served: &HashSet<String>, registered: &HashSet<String>, key: &str) -> Destination {
+        if served.contains(key) {
             Destination::Served
-        } else if self.registered.contains(job_type) {
+        } else if registered.contains(key) {
             Destination::Waiting
         } else {
             Destination::Nowhere
@@ -80,6 +102,8 @@ pub struct LiveTypes {
     conn: Option<RedisConn>,
     keys: KeyLayout,
     type_retention_ms: i64,
+    /// `amqp.queue`: the single queue of versions before queues per type.
+    legacy_queue: String,
     cached: Arc<Mutex<Option<Read>>>,
 }
 
@@ -96,6 +120,7 @@ impl LiveTypes {
             conn,
             keys: KeyLayout::new(settings.redis.key_prefix.clone()),
             type_retention_ms: settings.jobs.type_retention_seconds.saturating_mul(1000) as i64,
+            legacy_queue: settings.amqp.queue.clone(),
             cached: Default::default(),
         }
     }
@@ -103,12 +128,38 @@ impl LiveTypes {
     /// Where a job of `job_type` goes. Registry trouble reads as [`Destination::Nowhere`]
     /// (the job then fails as it did before hand-offs existed), logged.
     pub async fn destination(&self, job_type: &str) -> Destination {
+        self.ask(|known| known.destination(job_type), Destination::Nowhere)
+            .await
+    }
+
+    /// Where a job checked against the schema of digest `digest` goes (a worker of that
+    /// version, see `crate::versions`).
+    pub async fn version_destination(&self, digest: &str) -> Destination {
+        self.ask(|known| known.version_destination(digest), Destination::Nowhere)
+            .await
+    }
+
+    /// The queue a job of `job_type` that this worker does not serve belongs in: its newest
+    /// registration's (the single queue `amqp.queue` for a registration of an older
+    /// version); `None` for a type not registered, or when the registry cannot be read.
+    pub async fn queue_of(&self, job_type: &str) -> Option<String> {
+        let queue = |known: &Known| {
+            known
+                .queues
+                .get(job_type)
+                .map(|q| q.clone().unwrap_or_else(|| self.legacy_queue.clone()))
+        };
+        self.ask(queue, None).await
+    }
+
+    /// `answer` from the last read if it is fresh and the answer is a yes ("served", a
+    /// queue), else from a new read; `otherwise` when the registry cannot be read.
+    async fn ask<T: PartialEq + Positive>(&self, answer: impl Fn(&Known) -> T, otherwise: T) -> T {
         if let Ok(cached) = self.cached.lock() {
             if let Some((read_at, known)) = cached.as_ref() {
-                if read_at.elapsed() < FRESH_FOR
-                    && known.destination(job_type) == Destination::Served
-                {
-                    return Destination::Served;
+                let cached = answer(known);
+                if read_at.elapsed() < FRESH_FOR && cached.positive() {
+                    return cached;
                 }
             }
         }
@@ -116,14 +167,14 @@ impl LiveTypes {
             Ok(known) => Arc::new(known),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the fleet registry");
-                return Destination::Nowhere;
+                return otherwise;
             }
         };
-        let destination = known.destination(job_type);
+        let fresh = answer(&known);
         if let Ok(mut cached) = self.cached.lock() {
             *cached = Some((Instant::now(), known));
         }
-        destination
+        fresh
     }
 
     async fn read(&self) -> redis::RedisResult<Known> {
@@ -136,20 +187,50 @@ impl LiveTypes {
             .query_async(&mut conn)
             .await?;
         let cutoff = now_ms - self.type_retention_ms;
-        let registered = types
+        let mut records: Vec<JobTypeRecord> = types
             .iter()
             .filter_map(|json| serde_json::from_str::<JobTypeRecord>(json).ok())
             .filter(|record| record.refreshed_at_ms >= cutoff)
-            .map(|record| record.name)
             .collect();
-        let records = read_members(&mut conn, &self.keys)
+        // Oldest first, so the newest registration's queue is the one kept.
+        records.sort_by_key(|r| (r.registered_at_ms, r.refreshed_at_ms));
+        let mut known = Known::default();
+        for record in records {
+            known.registered.insert(record.name.clone());
+            known.registered_digests.insert(record.schema_digest);
+            known.queues.insert(record.name, record.queue);
+        }
+        let workers: Vec<(i64, WorkerRecord)> = read_members(&mut conn, &self.keys)
             .await?
             .into_iter()
-            .filter_map(|(_, last, record)| Some((last, record?)));
-        Ok(Known {
-            served: served_types(records, now_ms),
-            registered,
-        })
+            .filter_map(|(_, last, record)| Some((last, record?)))
+            .filter(|(last_ms, record)| {
+                record.state == "running" && is_fresh(*last_ms, record.heartbeat_seconds, now_ms)
+            })
+            .collect();
+        known.live_digests = workers
+            .iter()
+            .flat_map(|(_, w)| w.schema_digests.iter().cloned())
+            .collect();
+        known.served = served_types(workers, now_ms);
+        Ok(known)
+    }
+}
+
+/// An answer that may be kept for [`FRESH_FOR`]: a yes.
+trait Positive {
+    fn positive(&self) -> bool;
+}
+
+impl Positive for Destination {
+    fn positive(&self) -> bool {
+        *self == Destination::Served
+    }
+}
+
+impl Positive for Option<String> {
+    fn positive(&self) -> bool {
+        self.is_some()
     }
 }
 
@@ -187,6 +268,8 @@ mod tests {
             started_at: String::new(),
             last_seen: String::new(),
             job_types: types.iter().map(|t| (*t).to_owned()).collect(),
+            schema_digests: vec![],
+            queues: vec![],
         }
     }
 
@@ -213,7 +296,13 @@ mod tests {
         let known = Known {
             served: ["wordcount".to_owned()].into(),
             registered: ["wordcount".to_owned(), "thumbnail".to_owned()].into(),
+            live_digests: ["v2".to_owned()].into(),
+            registered_digests: ["v1".to_owned(), "v2".to_owned()].into(),
+            queues: Default::default(),
         };
+        assert_eq!(known.version_destination("v2"), Destination::Served);
+        assert_eq!(known.version_destination("v1"), Destination::Waiting);
+        assert_eq!(known.version_destination("v0"), Destination::Nowhere);
         assert_eq!(known.destination("wordcount"), Destination::Served);
         assert_eq!(known.destination("thumbnail"), Destination::Waiting);
         assert_eq!(known.destination("resize"), Destination::Nowhere);

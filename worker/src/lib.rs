@@ -37,9 +37,11 @@ pub mod fleet;
 pub mod handoff;
 pub mod job_store;
 pub mod jobs;
+pub mod legacy;
 pub mod metrics;
 pub mod process;
 pub mod startup;
+pub mod versions;
 pub mod webhook;
 
 pub use builder::{RunError, Worker, WorkerBuilder};

@@ -10,8 +10,12 @@
 //!   running the job again;
 //! - a transient failure is retried through a delay queue (published with a confirm before the
 //!   ack), up to the type's maximum attempts;
-//! - a job of a type this worker does not serve, but that the facades accept, goes back to the
-//!   work queue through a delay queue, untouched, for a worker that serves it (`handoff.rs`);
+//! - a job of a type this worker does not serve, but that the facades accept, goes to its
+//!   type's queue (through a delay queue when that is the queue it came from), untouched, for
+//!   a worker that serves it (`handoff.rs`); so does a job the facade accepted against another
+//!   version's input schema only, which this worker's schema rejects (`versions.rs`);
+//! - a job found in the single work queue of older versions (`amqp.queue`) runs here if this
+//!   worker serves its type, or moves to its type's queue (`legacy.rs`);
 //! - what cannot be handled at all (undecodable, an unregistered type, a panicking
 //!   handler, a job that keeps killing its workers) fails its job, if its id can be read, and
 //!   goes to the dead-letter queue;
@@ -30,7 +34,7 @@ use lapin::message::Delivery;
 use lapin::Channel;
 use shared::configuration::{AmqpSettings, JobSettings, Limits};
 use shared::message::MESSAGE_VERSION;
-use shared::publish::{publish_confirmed, traceparent_of, Outgoing};
+use shared::publish::{publish_confirmed, publish_confirmed_via, traceparent_of, Outgoing};
 use shared::topology;
 use shared::trace::TraceContext;
 use shared::{
@@ -305,7 +309,7 @@ impl Processor {
                 tracing::warn!(error = %e, "cannot drop the lease (the reaper will)");
             }
             if settle == Settle::DeadLetter {
-                self.publish_dead_letter(&id, &delivery.data, publisher)
+                self.publish_dead_letter(&id, spec.name(), &delivery.data, publisher)
                     .await;
             }
             return Settle::Done;
@@ -323,12 +327,18 @@ impl Processor {
     ) -> Result<(Arc<JobType>, StatusDocument, Registration), Settle> {
         let id = message.id;
         let spec = self.registry.get(&message.job_type).cloned();
+        // Checked by the facade against another version's schema only, and this version's
+        // rejects it: not to run here (see `versions`).
+        let rejected_here = spec
+            .as_ref()
+            .map(|spec| crate::versions::problems(spec, message))
+            .unwrap_or_default();
         // The common case first: the job is still exactly as the facade recorded it (its
         // document is rebuilt from the message), so one script checks that and starts it. Any
         // other state (a redelivery, a retry, a cancel, a facade of another version writing
         // another document) falls through to the general path with the stored document.
         let mut stored = None;
-        if let Some(spec) = &spec {
+        if let Some(spec) = spec.as_ref().filter(|_| rejected_here.is_empty()) {
             let queued = StatusDocument::queued(id, &message.job_type, message.created_at)
                 .with_callback(message.callback_url.as_deref());
             if let Ok(queued_bytes) = serde_json::to_vec(&queued) {
@@ -366,22 +376,43 @@ impl Processor {
             return Err(self.queue_callback(&doc, publisher).await);
         }
         let Some(spec) = spec else {
-            // Not a type of this worker: back to the queue for one that serves it, while the
-            // facades accept the type (see `handoff`).
-            let step = match self.live_types.destination(&message.job_type).await {
+            // Not a type of this worker: to its type's queue for one that serves it, while
+            // the facades accept the type (see `handoff`).
+            let destination = self.live_types.destination(&message.job_type).await;
+            let queue = self.live_types.queue_of(&message.job_type).await;
+            let (Some(queue), Destination::Served | Destination::Waiting) = (queue, destination)
+            else {
+                let failure = JobFailure {
+                    kind: JobErrorKind::Undeliverable,
+                    message: format!("no handler for job type '{}'", message.job_type),
+                    retryable: false,
+                };
+                return Err(self.give_up(doc, failure, publisher).await);
+            };
+            let step = match destination {
+                Destination::Served => topology::retry_step(&self.amqp, 2),
+                _ => self.amqp.retry_max_delay_ms,
+            };
+            // Straight there from another queue (the old single one); through a delay queue
+            // when it would come back here at once.
+            let delay = (queue == delivery.routing_key.as_str()).then_some(step);
+            return Err(self.hand_off(message, &queue, delay, delivery, publisher).await);
+        };
+        if !rejected_here.is_empty() {
+            // For a worker of the version the facade checked it against (see `versions`).
+            let queue = self.amqp.queue_of(spec.name());
+            let step = match crate::versions::destination(&self.live_types, message).await {
                 Destination::Served => topology::retry_step(&self.amqp, 2),
                 Destination::Waiting => self.amqp.retry_max_delay_ms,
                 Destination::Nowhere => {
-                    let failure = JobFailure {
-                        kind: JobErrorKind::Undeliverable,
-                        message: format!("no handler for job type '{}'", message.job_type),
-                        retryable: false,
-                    };
+                    let failure = crate::versions::gone(spec.schema_digest(), message, &rejected_here);
                     return Err(self.give_up(doc, failure, publisher).await);
                 }
             };
-            return Err(self.hand_off(message, step, delivery, publisher).await);
-        };
+            return Err(self
+                .hand_off(message, &queue, Some(step), delivery, publisher)
+                .await);
+        }
         let limits = spec.limits_in(&self.jobs);
         // Found `running`: the last start ended without an outcome (its worker died). Only
         // those count towards giving up here; failed attempts were counted when they failed.
@@ -548,25 +579,34 @@ impl Processor {
         }
     }
 
-    /// Passes a job of a type this worker does not serve back to the work queue through the
-    /// retry delay queue of `step` ms (see `handoff`); its document stays as it is.
+    /// Passes a job this worker does not run to `queue`, after `delay` ms in a delay queue if
+    /// given (see `handoff`); its document stays as it is.
     async fn hand_off(
         &self,
         message: &JobMessage,
-        step: u64,
+        queue: &str,
+        delay: Option<u64>,
         delivery: &Delivery,
         publisher: &Channel,
     ) -> Settle {
-        let queue = topology::retry_queue(&self.amqp, step);
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         let id = message.id.to_string();
         let traceparent = traceparent_of(&delivery.properties);
         let outgoing = Outgoing::new(&id, &delivery.data)
             .priority(delivery.properties.priority().unwrap_or(0))
             .traceparent(traceparent.as_deref());
-        match publish_confirmed(publisher, &queue, outgoing, timeout).await {
+        let exchange = delay.map(|step| topology::delay_queue(&self.amqp, step));
+        let published = publish_confirmed_via(
+            publisher,
+            exchange.as_deref().unwrap_or(""),
+            queue,
+            outgoing,
+            timeout,
+        )
+        .await;
+        match published {
             Ok(()) => {
-                tracing::debug!(delay_ms = step, "not a type of this worker; handed off");
+                tracing::debug!(queue, delay_ms = delay, "not for this worker; handed off");
                 metrics::HANDED_OFF
                     .with_label_values(&[message.job_type.as_str()])
                     .inc();
@@ -613,14 +653,17 @@ impl Processor {
                 return Settle::Requeue;
             }
         }
-        let queue = topology::retry_queue(&self.amqp, step);
+        // Through the step's delay queue back to the type's queue (also for a job that came
+        // from the old single queue).
+        let delay_queue = topology::delay_queue(&self.amqp, step);
+        let queue = self.amqp.queue_of(&doc.job_type);
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         let id = doc.id.to_string();
         let outgoing = Outgoing::new(&id, incoming.data)
             .expiration_ms(delay_ms)
             .priority(incoming.priority)
             .traceparent(incoming.traceparent);
-        match publish_confirmed(publisher, &queue, outgoing, timeout).await {
+        match publish_confirmed_via(publisher, &delay_queue, &queue, outgoing, timeout).await {
             Ok(()) => {
                 tracing::info!(attempt = doc.attempts, delay_ms, error = %failure, "attempt failed; retry scheduled");
                 metrics::RETRIED
@@ -748,8 +791,8 @@ impl Processor {
 
     /// Dead-letters a message that was already acknowledged (a leased job): a copy goes to
     /// the dead-letter queue directly.
-    async fn publish_dead_letter(&self, id: &JobId, raw: &[u8], publisher: &Channel) {
-        let queue = topology::dead_letter_queue(&self.amqp.queue);
+    async fn publish_dead_letter(&self, id: &JobId, job_type: &str, raw: &[u8], publisher: &Channel) {
+        let queue = topology::dead_letter_queue(&self.amqp.queue_of(job_type));
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         if let Err(e) = publish_confirmed(
             publisher,
@@ -776,7 +819,8 @@ impl Processor {
         for (id, (tenant, message)) in jobs {
             let key = id.to_string();
             let outgoing = Outgoing::new(&key, &message);
-            match publish_confirmed(publisher, &self.amqp.queue, outgoing, timeout).await {
+            let queue = self.queue_for_message(&message).await;
+            match publish_confirmed(publisher, &queue, outgoing, timeout).await {
                 Ok(()) => {
                     tracing::info!(job_id = %id, "unfinished leased job put back on the queue");
                     if let Err(e) = self.store.for_tenant(&tenant).end_lease(&id).await {
@@ -786,6 +830,30 @@ impl Processor {
                 // The lease stays and lapses: another worker's reaper puts it back.
                 Err(e) => tracing::warn!(job_id = %id, error = %e, "cannot put a leased job back"),
             }
+        }
+    }
+}
+
+impl Processor {
+    /// The work queue a kept job message (a leased job's) goes back to: its type's, as this
+    /// worker names it if it serves the type, else as the registry does.
+    pub async fn queue_for_message(&self, message: &[u8]) -> String {
+        #[derive(serde::Deserialize)]
+        struct TypeOnly {
+            #[serde(rename = "type")]
+            job_type: String,
+        }
+        let Ok(TypeOnly { job_type }) = serde_json::from_slice(message) else {
+            // Not a job message (it was one when the lease was taken): the type-less queue
+            // of old, where a worker dead-letters it.
+            return self.amqp.queue.clone();
+        };
+        if self.registry.contains(&job_type) {
+            return self.amqp.queue_of(&job_type);
+        }
+        match self.live_types.queue_of(&job_type).await {
+            Some(queue) => queue,
+            None => self.amqp.queue_of(&job_type),
         }
     }
 }

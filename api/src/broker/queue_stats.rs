@@ -1,4 +1,4 @@
-//! How many messages wait in the work queue and how many consumers take from it, for the
+//! How many messages wait in a work queue and how many consumers take from it, for the
 //! `Retry-After` estimate. Asked with a passive declare on a short-lived channel of its own: a
 //! passive declare of a missing queue closes its channel, which must never be the channel the
 //! publishes share.
@@ -8,7 +8,7 @@ use lapin::types::{FieldTable, ShortString};
 
 use super::{Broker, BrokerError};
 
-/// The work queue as the broker sees it.
+/// A work queue as the broker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueStats {
     /// Messages ready for delivery (not counting those delivered and not yet acknowledged).
@@ -17,15 +17,15 @@ pub struct QueueStats {
 }
 
 impl Broker {
-    /// The work queue's depth and consumer count (connecting first if need be).
-    pub async fn queue_stats(&self) -> Result<QueueStats, BrokerError> {
-        let broker = self.clone();
+    /// The depth and consumer count of the work queue `queue` (connecting first if need be).
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats, BrokerError> {
+        let (broker, queue) = (self.clone(), queue.to_owned());
         self.io
-            .run(async move { broker.queue_stats_here().await })
+            .run(async move { broker.queue_stats_here(&queue).await })
             .await?
     }
 
-    async fn queue_stats_here(&self) -> Result<QueueStats, BrokerError> {
+    async fn queue_stats_here(&self, queue: &str) -> Result<QueueStats, BrokerError> {
         self.channel().await?;
         let link = self
             .slot
@@ -37,7 +37,7 @@ impl Broker {
         let channel = link._connection.create_channel().await?;
         let declared = channel
             .queue_declare(
-                ShortString::from(self.settings.queue.as_str()),
+                ShortString::from(queue),
                 QueueDeclareOptions {
                     passive: true,
                     ..QueueDeclareOptions::default()

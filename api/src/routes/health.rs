@@ -60,7 +60,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         "rabbitmq": describe(&rabbitmq_down),
     });
     // Shedding or limiting is not unreadiness: the instance still answers polls.
-    let limits = state.limits.report(state.estimates.queue_depth().await);
+    let limits = state.limits.report(state.estimates.deepest_queue().await);
     let job_types = state.job_types.current().readiness();
     if redis_down.is_none() && rabbitmq_down.is_none() {
         HttpResponse::Ok().json(json!({

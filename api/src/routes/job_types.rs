@@ -3,7 +3,9 @@
 //! "limits", "priorities", "schema_digest", "worker_version", "workers", "state", "queue"}, …]}`,
 //! sorted by name. `state` is `served` while a live worker serves the type, `no-live-worker`
 //! when none does (its jobs are still accepted and wait in the queue). `queue` is where the
-//! type's jobs wait and how many are ready there (one work queue for every type today).
+//! type's jobs wait and how many are ready there. `versions` lists every registered version
+//! of the type (two during a rolling deploy that changed its schema), newest first, each with
+//! the live workers that serve it; the other members describe the newest.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -33,12 +35,30 @@ use crate::startup::AppState;
 )]
 pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpResponse, ApiError> {
     let catalog = state.job_types.current();
-    let depth = state.estimates.queue_depth().await;
-    let queue = json!({"name": state.settings.amqp.queue, "depth": depth});
+    let legacy = state.settings.amqp.queue.as_str();
+    let depths = futures_util::future::join_all(
+        catalog
+            .types()
+            .map(|t| state.estimates.queue_depth(t.queue(legacy))),
+    )
+    .await;
     let types: Vec<Value> = catalog
         .types()
-        .map(|t| {
+        .zip(depths)
+        .map(|(t, depth)| {
             let r = &t.record;
+            let queue = json!({"name": t.queue(legacy), "depth": depth});
+            let versions: Vec<Value> = t
+                .versions
+                .iter()
+                .map(|v| {
+                    json!({
+                        "schema_digest": v.schema_digest,
+                        "worker_version": v.worker_version,
+                        "workers": v.workers,
+                    })
+                })
+                .collect();
             json!({
                 "name": r.name,
                 "description": r.description,
@@ -51,6 +71,7 @@ pub async fn list(state: web::Data<AppState>, _caller: Caller) -> Result<HttpRes
                 "workers": t.workers,
                 "state": t.state(),
                 "queue": queue,
+                "versions": versions,
             })
         })
         .collect();

@@ -22,11 +22,26 @@ use crate::startup::AppState;
     responses(        (status = 200, response = crate::openapi::Metrics))
 )]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // Queue figures are read now: a scrape every few seconds costs the broker nothing.
-    if let Ok(stats) = state.broker.queue_stats().await {
-        metrics::QUEUE_MESSAGES.set(i64::from(stats.messages));
-        metrics::QUEUE_CONSUMERS.set(i64::from(stats.consumers));
+    // Queue figures are read now: a scrape every few seconds costs the broker nothing. The
+    // sums over the known types' queues (one work queue before queues per type).
+    let prefix = state.settings.amqp.queue.as_str();
+    let mut names: Vec<String> = state
+        .job_types
+        .current()
+        .types()
+        .map(|t| t.queue(prefix).to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let stats =
+        futures_util::future::join_all(names.iter().map(|q| state.broker.queue_stats(q))).await;
+    let (mut messages, mut consumers) = (0i64, 0i64);
+    for stats in stats.into_iter().flatten() {
+        messages += i64::from(stats.messages);
+        consumers += i64::from(stats.consumers);
     }
+    metrics::QUEUE_MESSAGES.set(messages);
+    metrics::QUEUE_CONSUMERS.set(consumers);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics::render())

@@ -85,18 +85,52 @@ pub async fn overview(
 }
 
 async fn compute(state: &AppState, tenant: &Tenant) -> Result<Value, ApiError> {
-    let queue_name = state.settings.amqp.queue.clone();
+    let prefix = state.settings.amqp.queue.clone();
     let store = state.store.for_tenant(tenant);
-    let (queue, workers, counts) = tokio::join!(
-        tokio::time::timeout(QUEUE_TIMEOUT, state.broker.queue_stats()),
+    // Every known type's queue (types may share one).
+    let mut names: Vec<String> = state
+        .job_types
+        .current()
+        .types()
+        .map(|t| t.queue(&prefix).to_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let stats = futures_util::future::join_all(names.iter().map(|name| async move {
+        tokio::time::timeout(QUEUE_TIMEOUT, state.broker.queue_stats(name)).await
+    }));
+    let (stats, workers, counts) = tokio::join!(
+        stats,
         state.store.live_workers(),
         store.count_states(COUNT_BOUND),
     );
     let (workers, counts) = (workers?, counts?);
-    let queue = match queue {
-        Ok(Ok(q)) => json!({ "name": queue_name, "depth": q.messages, "consumers": q.consumers }),
-        Ok(Err(e)) => json!({ "name": queue_name, "error": e.to_string() }),
-        Err(_) => json!({ "name": queue_name, "error": "the broker did not answer in time" }),
+    let (mut depth, mut consumers, mut errors) = (0u64, 0u64, Vec::new());
+    let queues: Vec<Value> = names
+        .iter()
+        .zip(stats)
+        .map(|(name, stats)| match stats {
+            Ok(Ok(q)) => {
+                depth += u64::from(q.messages);
+                consumers += u64::from(q.consumers);
+                json!({ "name": name, "depth": q.messages, "consumers": q.consumers })
+            }
+            Ok(Err(e)) => {
+                errors.push(format!("{name}: {e}"));
+                json!({ "name": name, "error": e.to_string() })
+            }
+            Err(_) => {
+                errors.push(format!("{name}: the broker did not answer in time"));
+                json!({ "name": name, "error": "the broker did not answer in time" })
+            }
+        })
+        .collect();
+    // `depth` and `consumers` sum the types' queues (as one work queue did before queues
+    // per type); `queues` has each.
+    let queue = if errors.is_empty() {
+        json!({ "name": prefix, "depth": depth, "consumers": consumers, "queues": queues })
+    } else {
+        json!({ "name": prefix, "error": errors.join("; "), "queues": queues })
     };
     let by_state: Map<String, Value> = counts
         .by_state

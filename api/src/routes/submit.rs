@@ -83,10 +83,6 @@ async fn submit_traced(
     trace: TraceContext,
 ) -> Result<HttpResponse, ApiError> {
     state.limits.check_submit(&caller)?;
-    // Shed load before reading the body: a deep backlog is not worth growing.
-    if state.limits.admission_enabled() {
-        state.limits.admit(state.estimates.queue_depth().await)?;
-    }
     let store = state.store.for_tenant(&caller.tenant);
     let body = read_json(
         &req,
@@ -99,6 +95,12 @@ async fn submit_traced(
     let submission =
         Submission::parse_with(body, &state.job_types.current(), &state.settings.webhooks)?;
     let job_type = submission.job_type.name();
+    let queue = submission.job_type.queue_target(&state.settings.amqp.queue);
+    // Shed load before anything is written: a deep backlog of this type is not worth growing
+    // (other types' queues may be short).
+    if state.limits.admission_enabled() {
+        state.limits.admit(state.estimates.queue_depth(&queue.name).await)?;
+    }
 
     let id = JobId::new();
     tracing::Span::current().record("job_id", tracing::field::display(&id));
@@ -107,7 +109,7 @@ async fn submit_traced(
         StatusDocument::queued(id, job_type, now).with_callback(submission.callback_url.as_deref());
     let doc_bytes = serde_json::to_vec(&doc).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     let message = JobMessage::new(id, job_type, submission.input, now)
-        .checked_against(&submission.job_type.record.schema_digest)
+        .checked_against(&submission.checked.digest, &submission.checked.also)
         .with_callback(submission.callback_url.clone())
         .for_tenant(&caller.tenant);
     let payload =
@@ -132,6 +134,7 @@ async fn submit_traced(
     if let Err(e) = state
         .broker
         .publish(
+            &queue,
             &id.to_string(),
             &payload,
             submission.priority,

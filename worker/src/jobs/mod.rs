@@ -35,8 +35,8 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use shared::configuration::{JobSettings, Limits};
-use shared::job_types::{schema_digest, valid_name, JobTypeRecord};
+use shared::configuration::{AmqpSettings, JobSettings, Limits};
+use shared::job_types::{schema_digest, valid_name, InputSchema, JobTypeRecord};
 use shared::{JobError, JobErrorKind};
 
 use crate::context::JobContext;
@@ -150,6 +150,12 @@ pub struct JobType {
     handler: ErasedHandler,
     /// Deserialises an input into the handler's input type, without running anything.
     decode: fn(Value) -> Result<(), String>,
+    /// [`schema_digest`] of `input_schema`.
+    digest: String,
+    /// `input_schema` compiled, to check the input of a job that the facade checked against
+    /// another version's schema only (see `crate::versions`); `None` if it does not compile
+    /// (the facades refuse such a version as well).
+    compiled: Option<Arc<InputSchema>>,
 }
 
 impl std::fmt::Debug for JobType {
@@ -197,10 +203,13 @@ impl JobType {
                     .map_err(|e| JobFailure::permanent(format!("cannot encode the result: {e}")))
             }) as BoxFuture
         });
+        let input_schema = input_schema::<I>();
         JobType {
             name: name.to_owned(),
             description: description.to_owned(),
-            input_schema: input_schema::<I>(),
+            digest: schema_digest(&input_schema),
+            compiled: InputSchema::compile(&input_schema).ok().map(Arc::new),
+            input_schema,
             // An example that does not serialise is a bug of the declaration; null is
             // still a document.
             example: serde_json::to_value(&example).unwrap_or(Value::Null),
@@ -238,6 +247,28 @@ impl JobType {
         &self.input_schema
     }
 
+    /// The digest of the input schema (what registrations and queue messages carry).
+    pub fn schema_digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Whether the type's jobs are ordered by priority.
+    pub fn takes_priorities(&self) -> bool {
+        self.priorities
+    }
+
+    /// Every way `input` breaks this type's schema (empty: it meets it).
+    pub fn check_input(&self, input: &Value) -> Vec<String> {
+        match &self.compiled {
+            Some(schema) => schema
+                .validate(input)
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.detail))
+                .collect(),
+            None => vec!["the input schema does not compile".to_owned()],
+        }
+    }
+
     pub fn example(&self) -> &Value {
         &self.example
     }
@@ -252,16 +283,23 @@ impl JobType {
         (self.decode)(input)
     }
 
-    /// What the worker registers about this type.
-    pub fn record(&self, jobs: &JobSettings, registered_at_ms: i64, now_ms: i64) -> JobTypeRecord {
+    /// What the worker registers about this type, whose jobs it consumes from `queue`.
+    pub fn record(
+        &self,
+        jobs: &JobSettings,
+        queue: String,
+        registered_at_ms: i64,
+        now_ms: i64,
+    ) -> JobTypeRecord {
         JobTypeRecord {
+            queue: Some(queue),
             name: self.name.clone(),
             description: self.description.clone(),
             input_schema: self.input_schema.clone(),
             example: self.example.clone(),
             limits: self.limits_in(jobs),
             priorities: self.priorities,
-            schema_digest: schema_digest(&self.input_schema),
+            schema_digest: self.digest.clone(),
             worker_version: env!("CARGO_PKG_VERSION").to_owned(),
             registered_at_ms,
             refreshed_at_ms: now_ms,
@@ -351,11 +389,39 @@ impl Registry {
     pub fn records(
         &self,
         jobs: &JobSettings,
+        amqp: &AmqpSettings,
         registered_at_ms: i64,
         now_ms: i64,
     ) -> Vec<JobTypeRecord> {
         self.types()
-            .map(|t| t.record(jobs, registered_at_ms, now_ms))
+            .map(|t| t.record(jobs, amqp.queue_of(t.name()), registered_at_ms, now_ms))
             .collect()
+    }
+
+    /// The work queues of these types (`amqp.queue_of`), each with whether it takes
+    /// priorities; an error when a type's queue name would collide with another kind of
+    /// queue, or types sharing a queue disagree on priorities (its declaration has one set of
+    /// arguments).
+    pub fn queues(&self, amqp: &AmqpSettings) -> Result<BTreeMap<String, bool>, String> {
+        let mut queues: BTreeMap<String, (bool, &str)> = BTreeMap::new();
+        for t in self.types() {
+            let suffix = amqp.type_queues.get(t.name()).map_or(t.name(), String::as_str);
+            shared::topology::check_queue_suffix(suffix)
+                .map_err(|e| format!("the queue of job type '{}': {e}", t.name()))?;
+            let queue = amqp.queue_of(t.name());
+            match queues.get(&queue) {
+                Some((priorities, other)) if *priorities != t.priorities => {
+                    return Err(format!(
+                        "job types '{other}' and '{}' share the queue {queue} (amqp.type_queues) but only one takes priorities",
+                        t.name()
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    queues.insert(queue, (t.priorities, t.name()));
+                }
+            }
+        }
+        Ok(queues.into_iter().map(|(q, (p, _))| (q, p)).collect())
     }
 }
