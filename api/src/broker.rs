@@ -166,7 +166,10 @@ impl Broker {
     }
 
     /// A confirm-mode channel on `connection`.
-    async fn set_up(connection: Connection, _settings: &AmqpSettings) -> Result<Link, lapin::Error> {
+    async fn set_up(
+        connection: Connection,
+        _settings: &AmqpSettings,
+    ) -> Result<Link, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -229,7 +232,14 @@ impl Broker {
         async {
             if let Some(channel) = self.ready_channel(&queue.name).await {
                 return self
-                    .publish_on(&channel, &queue.name, message_id, payload, priority, traceparent)
+                    .publish_on(
+                        &channel,
+                        &queue.name,
+                        message_id,
+                        payload,
+                        priority,
+                        traceparent,
+                    )
                     .await;
             }
             let (broker, message_id, payload) =
@@ -240,7 +250,14 @@ impl Broker {
                     let channel = broker.channel().await?;
                     broker.declare(&queue).await?;
                     broker
-                        .publish_on(&channel, &queue.name, &message_id, &payload, priority, &traceparent)
+                        .publish_on(
+                            &channel,
+                            &queue.name,
+                            &message_id,
+                            &payload,
+                            priority,
+                            &traceparent,
+                        )
                         .await
                 })
                 .await?

@@ -146,9 +146,7 @@ impl Estimates {
     /// Messages ready in `queue`, as measured within the last second (shared with the
     /// estimates); `None` when the broker could not be asked.
     pub async fn queue_depth(&self, queue: &str) -> Option<u64> {
-        self.queue_stats(queue)
-            .await
-            .map(|q| u64::from(q.messages))
+        self.queue_stats(queue).await.map(|q| u64::from(q.messages))
     }
 
     /// The depth of the deepest work queue of the known types (what admission control

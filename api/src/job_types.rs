@@ -242,7 +242,9 @@ impl Catalog {
                     newest = Some((record, schema));
                 }
             }
-            let Some((record, schema)) = newest else { continue };
+            let Some((record, schema)) = newest else {
+                continue;
+            };
             let workers = live.iter().filter(|w| w.types.contains(&name)).count();
             types.insert(
                 name,
@@ -494,11 +496,19 @@ mod tests {
         assert_eq!(g.record.schema_digest, d2, "the newest is described");
         assert_eq!(g.versions.len(), 2);
         let old_shape = g.check(&mut json!({"name": "a"})).unwrap();
-        assert_eq!((old_shape.digest.as_str(), old_shape.also.len()), (d1.as_str(), 0));
-        let new_shape = g.check(&mut json!({"name": "a", "greeting": "hi"})).unwrap();
+        assert_eq!(
+            (old_shape.digest.as_str(), old_shape.also.len()),
+            (d1.as_str(), 0)
+        );
+        let new_shape = g
+            .check(&mut json!({"name": "a", "greeting": "hi"}))
+            .unwrap();
         assert_eq!(new_shape.digest, d2);
         let errors = g.check(&mut json!({"nope": 1})).unwrap_err();
-        assert!(errors.iter().any(|e| e.field == "input.greeting"), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.field == "input.greeting"),
+            "{errors:?}"
+        );
 
         // Only v2 live: the old shape is refused (no worker could run it).
         let catalog = Catalog::build(
@@ -508,7 +518,11 @@ mod tests {
             &Catalog::default(),
             &mut HashMap::new(),
         );
-        assert!(catalog.get("g").unwrap().check(&mut json!({"name": "a"})).is_err());
+        assert!(catalog
+            .get("g")
+            .unwrap()
+            .check(&mut json!({"name": "a"}))
+            .is_err());
         // None live: the newest decides (its jobs wait for a worker).
         let catalog = Catalog::build(records, &[], 0, &Catalog::default(), &mut HashMap::new());
         let g = catalog.get("g").unwrap();

@@ -3,4 +3,5 @@
 //! learns the type when that worker starts (the fleet's job type registry) and accepts its
 //! jobs from then on, unchanged and without a restart.
 
+pub mod greet;
 pub mod wordcount;

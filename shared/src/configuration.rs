@@ -90,7 +90,10 @@ impl AmqpSettings {
     /// The queue of `job_type`'s jobs as this configuration names it: `<queue>.<type>`, or
     /// `<queue>.<name>` when `type_queues` puts the type in a shared queue `<name>`.
     pub fn queue_of(&self, job_type: &str) -> String {
-        let suffix = self.type_queues.get(job_type).map_or(job_type, String::as_str);
+        let suffix = self
+            .type_queues
+            .get(job_type)
+            .map_or(job_type, String::as_str);
         crate::topology::type_queue(&self.queue, suffix)
     }
 

@@ -358,10 +358,25 @@ mod tests {
         assert_eq!(amqp.queue_of("echo"), "jobs.echo");
         amqp.type_queues.insert("email".into(), "light".into());
         assert_eq!(amqp.queue_of("email"), "jobs.light");
-        for ok in ["echo", "render.pdf", "dead-letters", "retryable", "a.deadline"] {
+        for ok in [
+            "echo",
+            "render.pdf",
+            "dead-letters",
+            "retryable",
+            "a.deadline",
+        ] {
             assert!(check_queue_suffix(ok).is_ok(), "{ok}");
         }
-        for bad in ["dead", "callbacks", "callbacks.x", "delay", "retry-q.5", "x.dead", "", "A"] {
+        for bad in [
+            "dead",
+            "callbacks",
+            "callbacks.x",
+            "delay",
+            "retry-q.5",
+            "x.dead",
+            "",
+            "A",
+        ] {
             assert!(check_queue_suffix(bad).is_err(), "{bad}");
         }
     }

@@ -108,7 +108,17 @@ pub struct StackOptions {
     /// starts, so its jobs are accepted even by a stack without workers (they wait in the
     /// queue), and [`Stack::wait_ready`] waits until the facade has read them.
     pub register_types: bool,
+    /// Each built-in type in a queue of its own (`<queue>.<type>`, the default
+    /// configuration). Off by default for the tests: the four built-ins share the queue
+    /// `<queue>.work` (`amqp.type_queues`), so a test can count one queue whatever types it
+    /// submits ([`Stack::work_queue`]). Tests of queues per type turn it on.
+    pub per_type_queues: bool,
 }
+
+/// The built-in job types.
+pub const BUILTIN_TYPES: [&str; 4] = ["echo", "sleep", "hash", "fail"];
+/// Types of the tests' other worker binaries (their queues are cleaned up too).
+const OTHER_TYPES: [&str; 2] = ["wordcount", "greet"];
 
 impl Default for StackOptions {
     fn default() -> Self {
@@ -118,6 +128,7 @@ impl Default for StackOptions {
             api_env: Vec::new(),
             wait_ready: true,
             register_types: true,
+            per_type_queues: false,
         }
     }
 }
@@ -158,6 +169,27 @@ impl StackOptions {
     pub fn unregistered(mut self) -> Self {
         self.register_types = false;
         self
+    }
+
+    /// Each built-in type in its own queue, as configured by default (see
+    /// [`StackOptions::per_type_queues`]).
+    pub fn per_type_queues(mut self) -> Self {
+        self.per_type_queues = true;
+        self
+    }
+
+    /// The `APP__…` variables every binary of the stack gets besides `env`.
+    fn queue_env(&self) -> Vec<(String, String)> {
+        if self.per_type_queues {
+            return Vec::new();
+        }
+        BUILTIN_TYPES
+            .iter()
+            .map(|t| {
+                let key = format!("APP__AMQP__TYPE_QUEUES__{}", t.to_uppercase());
+                (key, "work".to_owned())
+            })
+            .collect()
     }
 }
 
@@ -250,7 +282,8 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        for (k, v) in self.options.env.iter().chain(extra) {
+        let queue_env = self.options.queue_env();
+        for (k, v) in queue_env.iter().chain(&self.options.env).chain(extra) {
             cmd.env(k, v);
         }
         cmd.spawn().expect("spawn binary")
@@ -263,7 +296,7 @@ impl Stack {
         cmd.args(args)
             .env("APP__AMQP__QUEUE", &self.queue)
             .env("APP__REDIS__KEY_PREFIX", &self.prefix);
-        for (k, v) in &self.options.env {
+        for (k, v) in self.options.queue_env().iter().chain(&self.options.env) {
             cmd.env(k, v);
         }
         let output = cmd.output().expect("run worker command");
@@ -358,9 +391,24 @@ impl Stack {
         matches!(self.workers[i].try_wait(), Ok(None))
     }
 
-    /// The dead-letter queue of this stack's work queue.
+    /// The queue the built-in types share in this stack (see
+    /// [`StackOptions::per_type_queues`]).
+    pub fn work_queue(&self) -> String {
+        format!("{}.work", self.queue)
+    }
+
+    /// The queue of `job_type`'s jobs in this stack.
+    pub fn queue_of(&self, job_type: &str) -> String {
+        if !self.options.per_type_queues && BUILTIN_TYPES.contains(&job_type) {
+            self.work_queue()
+        } else {
+            format!("{}.{job_type}", self.queue)
+        }
+    }
+
+    /// The dead-letter queue of this stack's shared work queue.
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dead", self.queue)
+        format!("{}.dead", self.work_queue())
     }
 
     /// Publishes raw bytes to a queue of this stack (as a broken producer would).
@@ -435,8 +483,10 @@ impl Stack {
             .map(|(_, v)| v.clone())
     }
 
-    /// Every queue this stack's topology declares: work, dead-letter and delay queues.
-    fn queues(&self) -> Vec<String> {
+    /// Every queue this stack's topology declares (work, dead-letter, delay and callback
+    /// queues, and those of the single work queue of older versions), and the delay queues'
+    /// exchanges.
+    fn queues(&self) -> (Vec<String>, Vec<String>) {
         let base: u64 = self
             .setting("APP__AMQP__RETRY_BASE_DELAY_MS")
             .and_then(|v| v.parse().ok())
@@ -445,18 +495,35 @@ impl Stack {
             .setting("APP__AMQP__RETRY_MAX_DELAY_MS")
             .and_then(|v| v.parse().ok())
             .unwrap_or(60_000);
-        // Quorum delay queues have names of their own (see `shared::topology::retry_queue`).
-        let retry = match self.setting("APP__AMQP__QUEUE_TYPE").as_deref() {
-            Some("quorum") => "retry-q",
-            _ => "retry",
+        // Quorum delay queues have names of their own (see `shared::topology::delay_queue`).
+        let (retry, delay_kind) = match self.setting("APP__AMQP__QUEUE_TYPE").as_deref() {
+            Some("quorum") => ("retry-q", "delay-q"),
+            _ => ("retry", "delay"),
         };
-        let mut queues = vec![self.queue.clone(), self.dead_letter_queue()];
+        let mut work = vec![self.queue.clone(), self.work_queue()];
+        for t in BUILTIN_TYPES.iter().chain(&OTHER_TYPES) {
+            work.push(format!("{}.{t}", self.queue));
+        }
+        let mut queues = Vec::new();
+        for queue in work {
+            queues.push(format!("{queue}.dead"));
+            queues.push(queue);
+        }
+        let mut steps = Vec::new();
         let mut delay = base.max(1);
         while delay < max {
-            queues.push(format!("{}.{retry}.{delay}", self.queue));
+            steps.push(delay);
             delay *= 2;
         }
-        queues.push(format!("{}.{retry}.{max}", self.queue));
+        steps.push(max);
+        let mut exchanges = Vec::new();
+        for step in steps {
+            // The old single queue's delay queues, and the shared ones of queues per type.
+            queues.push(format!("{}.{retry}.{step}", self.queue));
+            let shared = format!("{}.{delay_kind}.{step}", self.queue);
+            queues.push(shared.clone());
+            exchanges.push(shared);
+        }
         // The workers' callbacks queues (see `shared::topology::declare_callback_queues`).
         let setting = |key: &str, default: u64| {
             self.setting(key)
@@ -475,7 +542,7 @@ impl Stack {
         for delay in delays {
             queues.push(format!("{}.callbacks.{retry}.{delay}", self.queue));
         }
-        queues
+        (queues, exchanges)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -674,14 +741,15 @@ impl Stack {
             .expect("HGET")
     }
 
-    /// (messages ready, consumers) of this stack's queue, or `None` if it does not exist.
+    /// (messages ready, consumers) of this stack's shared work queue, or `None` if it does
+    /// not exist.
     pub async fn queue_info(&self) -> Option<(u32, u32)> {
-        queue_info(&self.amqp_url(), &self.queue).await
+        queue_info(&self.amqp_url(), &self.work_queue()).await
     }
 
-    /// Deletes this stack's queue (to make publishes unroutable).
+    /// Deletes this stack's shared work queue (to make publishes unroutable).
     pub async fn delete_queue(&self) {
-        self.delete_queue_named(&self.queue).await;
+        self.delete_queue_named(&self.work_queue()).await;
     }
 
     /// Deletes one of this stack's queues (`<queue>.callbacks`, say).
@@ -742,6 +810,22 @@ pub async fn queue_info(url: &str, queue: &str) -> Option<(u32, u32)> {
     info
 }
 
+async fn delete_exchanges(url: &str, exchanges: &[String]) {
+    if let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await {
+        for exchange in exchanges {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = channel
+                    .exchange_delete(
+                        ShortString::from(exchange.as_str()),
+                        lapin::options::ExchangeDeleteOptions::default(),
+                    )
+                    .await;
+            }
+        }
+        let _ = connection.close(200, ShortString::from("bye")).await;
+    }
+}
+
 async fn delete_queues(url: &str, queues: &[String]) {
     if let Ok(connection) = Connection::connect(url, ConnectionProperties::default()).await {
         for queue in queues {
@@ -800,7 +884,7 @@ impl Drop for Stack {
             let _ = child.wait();
         }
         // Clean up on a thread of its own: Drop may run inside a runtime, or while panicking.
-        let queues = self.queues();
+        let (queues, exchanges) = self.queues();
         let url = self.amqp_url();
         let redis_url = self
             .setting("APP__REDIS__URL")
@@ -814,6 +898,7 @@ impl Drop for Stack {
                 rt.block_on(async {
                     let cleanup = async {
                         delete_queues(&url, &queues).await;
+                        delete_exchanges(&url, &exchanges).await;
                         delete_keys(&redis_url, &prefix).await;
                     };
                     // A broker or Redis the test stopped must not hang the cleanup.

@@ -131,7 +131,7 @@ async fn kill_9_a_worker_with_a_thousand_jobs_in_flight() {
     stack.add_worker();
     let deadline = Instant::now() + LONG;
     loop {
-        let left = stack.queue_len(&stack.queue.clone()).await;
+        let left = stack.queue_len(&stack.work_queue()).await;
         if left < 700 {
             break;
         }
@@ -305,10 +305,10 @@ async fn poison_and_panics_are_dead_lettered_and_the_worker_survives() {
         .submit_ok(&json!({"type": "fail", "input": {"message": "boom", "kind": "panic"}}))
         .await;
     stack
-        .publish_raw(&stack.queue.clone(), b"{\"this is\": \"no job\"}")
+        .publish_raw(&stack.work_queue(), b"{\"this is\": \"no job\"}")
         .await;
     stack
-        .publish_raw(&stack.queue.clone(), b"\xff\xfe\x00")
+        .publish_raw(&stack.work_queue(), b"\xff\xfe\x00")
         .await;
     let response = stack.wait(&panicking, LONG).await;
     assert_eq!(response.status(), StatusCode::FAILED_DEPENDENCY);

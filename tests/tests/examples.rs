@@ -1,9 +1,10 @@
 //! A job type of the user's own (issue 17, item 5): `wordcount`, declared in the `examples`
 //! crate and served by its own binary, `wordcount-worker`, built on the `worker` library. A
 //! running facade, unchanged, refuses it until that worker starts, then accepts, checks and
-//! runs its jobs, with no restart. The built-in worker on the same queue hands the jobs of the
-//! new type off instead of failing them, and a registered type whose worker is not running yet
-//! keeps its jobs queued until it is.
+//! runs its jobs, with no restart. The new type has a queue of its own, which only its worker
+//! consumes: the built-in worker never sees its jobs (and the example worker never sees the
+//! built-ins'). A registered type whose worker is not running yet keeps its jobs queued in its
+//! queue until it is.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -91,20 +92,16 @@ async fn an_example_worker_started_later_makes_its_type_accepted_and_run() {
     let p = problem(stack.submit(&job(&too_long)).await).await;
     assert_eq!(p["errors"][0]["field"], "input.text", "{p}");
 
-    // Its jobs run, and their results are right. Both workers consume the one work queue: the
-    // built-in worker hands the wordcount jobs it receives off (logged), it fails none. More
-    // jobs until one was handed off, so the hand-off is seen, not assumed.
-    let mut round = 0;
-    // Handed off for the worker that serves it: after the first retry step (1 s).
-    while !log_of(&stack, "worker1").contains(r#"handed off","delay_ms":1000"#) {
-        round += 1;
-        assert!(
-            round <= 5,
-            "the built-in worker never received a wordcount job"
-        );
+    // Its jobs wait in a queue of their own.
+    wait_wordcount(&stack, "wordcount's queue", |t| {
+        t["queue"]["name"] == format!("{}.wordcount", stack.queue)
+    })
+    .await;
+
+    // Its jobs run, and their results are right.
+    {
         let mut jobs = Vec::new();
-        for salt in 0..4 {
-            let salt = round * 10 + salt;
+        for salt in 0..8 {
             let location = stack.submit_ok(&job(&staircase(6, salt))).await;
             jobs.push((salt, location));
         }
@@ -123,19 +120,28 @@ async fn an_example_worker_started_later_makes_its_type_accepted_and_run() {
             );
             let doc = stack.status_doc(&location).await;
             assert_eq!(doc["status"], "succeeded", "{doc}");
-            assert_eq!(doc["attempts"], 1, "a hand-off is not an attempt: {doc}");
+            assert_eq!(doc["attempts"], 1, "{doc}");
             assert_eq!(doc["progress"]["percent"], 100.0, "{doc}");
         }
     }
-    // The built-in types still run, whichever worker a job reaches first.
-    for i in 0..4 {
+    // The built-in types still run.
+    for i in 0..8 {
         let location = stack.submit_ok(&json!({"type": "echo", "input": i})).await;
         let result: Value = stack.wait(&location, LONG).await.json().await.unwrap();
         assert_eq!(result, json!(i));
     }
     assert!(stack.api_alive(), "the facade was not restarted");
-    assert!(!log_of(&stack, "worker1").contains("no handler for job type"));
-    assert!(!log_of(&stack, "worker2").contains("no handler for job type"));
+    // Specialised workers: each received only the jobs of its own types (a job's log lines
+    // name its type), none was handed off.
+    let (builtin, example) = (log_of(&stack, "worker1"), log_of(&stack, "worker2"));
+    assert!(builtin.matches(r#""job_type":"echo""#).count() >= 8);
+    assert!(!builtin.contains(r#""job_type":"wordcount""#), "{builtin}");
+    assert!(example.matches(r#""job_type":"wordcount""#).count() >= 8);
+    assert!(!example.contains(r#""job_type":"echo""#), "{example}");
+    for log in [&builtin, &example] {
+        assert!(!log.contains("handed off"));
+        assert!(!log.contains("no handler for job type"));
+    }
 }
 
 #[tokio::test]
@@ -177,23 +183,18 @@ async fn a_registered_type_without_its_worker_keeps_its_jobs_queued() {
     })
     .await;
 
-    // Accepted; the built-in worker receives it and puts it back to wait, again and again.
+    // Accepted; it waits in its type's queue (the built-in worker does not consume it).
     let location = stack
         .submit_ok(&json!({"type": "wordcount", "input": {"text": "to be or not to be"}}))
         .await;
-    let deadline = Instant::now() + LONG;
-    // No worker serves it: round the longest retry step (2 s here), not a busy loop.
-    while log_of(&stack, "worker1")
-        .matches(r#"handed off","delay_ms":2000"#)
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "the job was never handed off");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let queue = format!("{}.wordcount", stack.queue);
+    stack.wait_queue_len(&queue, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stack.queue_len(&queue).await, 1, "still waiting");
     let doc = stack.status_doc(&location).await;
     assert_eq!(doc["status"], "queued", "it waits, it does not fail: {doc}");
     assert_eq!(doc["attempts"], 0, "{doc}");
+    assert!(!log_of(&stack, "worker1").contains("wordcount"));
 
     // Its worker starts: the job runs.
     stack.add_worker_binary("wordcount-worker", &[]);

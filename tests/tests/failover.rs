@@ -79,7 +79,7 @@ async fn killing_the_node_in_use_moves_facade_and_worker_to_the_next() {
     );
     // Both were on the first node: the queue and its consumer live there.
     assert_eq!(
-        e2e::queue_info(&first.url(), &stack.queue)
+        e2e::queue_info(&first.url(), &stack.work_queue())
             .await
             .map(|(_, c)| c),
         Some(1)
@@ -100,7 +100,7 @@ async fn killing_the_node_in_use_moves_facade_and_worker_to_the_next() {
     );
     // The worker consumes from the second node now.
     assert_eq!(
-        e2e::queue_info(&second.url(), &stack.queue)
+        e2e::queue_info(&second.url(), &stack.work_queue())
             .await
             .map(|(_, c)| c),
         Some(1)
@@ -144,7 +144,7 @@ async fn a_three_node_cluster_with_quorum_queues_loses_a_node_and_no_job() {
         .lines()
         .find_map(|l| {
             let (name, leader) = l.split_once('\t')?;
-            (name == stack.queue).then(|| leader.trim().to_owned())
+            (name == stack.work_queue()).then(|| leader.trim().to_owned())
         })
         .expect("the work queue's leader");
     let mut nodes = [first, second, third];

@@ -97,7 +97,7 @@ async fn same_key_and_body_return_the_first_job_another_body_is_409() {
     .await;
     assert_eq!(other.status(), StatusCode::ACCEPTED);
     assert_ne!(location(&other), loc);
-    stack.wait_queue_len(&stack.queue, 2).await;
+    stack.wait_queue_len(&stack.work_queue(), 2).await;
     assert_eq!(job_records(&stack).await, 2);
 
     // The key is stored hashed, never as the header text.
@@ -122,7 +122,7 @@ async fn concurrent_requests_with_one_key_create_one_job() {
     assert_eq!(job_records(&stack).await, 1);
     // Give a stray second publish time to show up; there must be exactly one message.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(stack.queue_len(&stack.queue).await, 1);
+    assert_eq!(stack.queue_len(&stack.work_queue()).await, 1);
 }
 
 #[tokio::test]
@@ -159,7 +159,7 @@ async fn a_failed_submit_releases_the_key() {
     assert_eq!(retry.status(), StatusCode::ACCEPTED);
     assert!(!retry.headers().contains_key("idempotent-replayed"));
     let loc = location(&retry);
-    assert_eq!(stack.queue_len(&stack.queue).await, 1);
+    assert_eq!(stack.queue_len(&stack.work_queue()).await, 1);
     let replay = post(&stack, Some("retry-me"), body).await;
     assert_eq!(location(&replay), loc);
 }
@@ -227,7 +227,7 @@ async fn bad_keys_are_400_problems_naming_the_header() {
         .await
         .unwrap();
     problem(r, StatusCode::BAD_REQUEST).await;
-    assert_eq!(stack.queue_len(&stack.queue).await, 0);
+    assert_eq!(stack.queue_len(&stack.work_queue()).await, 0);
     assert_eq!(stack.redis_keys().await, Vec::<String>::new());
 
     // The longest key allowed, of every visible character.

@@ -129,7 +129,7 @@ async fn a_worker_started_later_makes_its_type_accepted_and_run() {
     );
     assert_eq!(echo["schema_digest"].as_str().unwrap().len(), 64);
     assert!(echo["worker_version"].is_string());
-    assert_eq!(echo["queue"]["name"], stack.queue.as_str());
+    assert_eq!(echo["queue"]["name"], stack.work_queue().as_str());
     assert!(echo["queue"]["depth"].is_u64(), "{echo}");
     assert!(echo["description"].as_str().unwrap().contains("unchanged"));
 
@@ -158,7 +158,7 @@ async fn a_worker_started_later_makes_its_type_accepted_and_run() {
     assert_eq!(ready["job_types"]["registry"], "loaded", "{ready}");
     assert_eq!(
         ready["job_types"]["types"],
-        json!({"echo": {"workers": 1, "state": "served"}})
+        json!({"echo": {"workers": 1, "state": "served", "versions": 1}})
     );
     let workers = stack.get_json("/v1/workers").await;
     assert_eq!(

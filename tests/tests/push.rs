@@ -47,7 +47,7 @@ async fn cancel_a_queued_job_and_it_never_starts() {
     );
     // A worker that now receives its message does not run it.
     stack.add_worker();
-    stack.wait_queue_len(&stack.queue.clone(), 0).await;
+    stack.wait_queue_len(&stack.work_queue(), 0).await;
     let other = stack.submit_ok(&json!({"type": "echo", "input": 2})).await;
     assert_eq!(stack.wait(&other, LONG).await.status(), StatusCode::OK);
     assert_eq!(stack.status_doc(&location).await["status"], "canceled");

@@ -121,11 +121,11 @@ async fn poison_messages_are_dead_lettered_and_their_jobs_fail() {
     let id = job_id(&location).to_owned();
     // Garbage, and a message for the job in a format from the future.
     stack
-        .publish_raw(&stack.queue.clone(), b"\x00\xffnot json at all")
+        .publish_raw(&stack.work_queue(), b"\x00\xffnot json at all")
         .await;
     stack
         .publish_raw(
-            &stack.queue.clone(),
+            &stack.work_queue(),
             json!({"v": 99, "id": id, "what": "?"})
                 .to_string()
                 .as_bytes(),
@@ -230,7 +230,7 @@ async fn sigterm_lets_running_jobs_finish_and_requeues_what_cannot() {
         doc["status"], "running",
         "not failed by the shutdown: {doc}"
     );
-    stack.wait_queue_len(&stack.queue.clone(), 1).await;
+    stack.wait_queue_len(&stack.work_queue(), 1).await;
     stack.add_worker();
     let done = stack.wait(&location, LONG).await;
     assert_eq!(done.status(), StatusCode::OK);
@@ -259,7 +259,7 @@ async fn a_leased_job_whose_worker_dies_is_put_back_and_run_again() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Acked early: nothing waits in the queue for a redelivery.
-    stack.wait_queue_len(&stack.queue.clone(), 0).await;
+    stack.wait_queue_len(&stack.work_queue(), 0).await;
     stack.kill_worker(0);
     stack.add_worker();
     let done = stack.wait(&location, LONG).await;
@@ -437,7 +437,7 @@ async fn short_jobs_behind_a_long_one_are_acknowledged_at_once() {
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
-            stack.queue_len(&stack.queue).await,
+            stack.queue_len(&stack.work_queue()).await,
             0,
             "a delivery went back to the queue: it was never acknowledged"
         );

@@ -130,7 +130,7 @@ async fn tenants_never_see_each_others_jobs() {
         StatusCode::UNAUTHORIZED,
     )
     .await;
-    assert_eq!(stack.queue_len(&stack.queue).await, 0);
+    assert_eq!(stack.queue_len(&stack.work_queue()).await, 0);
 
     let accepted = submit_as(&stack, ALICE, &job).await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
@@ -452,7 +452,7 @@ async fn rate_limits_and_wait_caps_answer_429_with_retry_after() {
     assert!((1..=2).contains(&retry), "{retry}");
     problem(limited, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(
-        stack.queue_len(&stack.queue).await,
+        stack.queue_len(&stack.work_queue()).await,
         2,
         "a limited submit queued a job"
     );
@@ -561,12 +561,12 @@ async fn a_deep_queue_sheds_submits_with_503() {
         "{body}"
     );
     // Once shedding, the backlog stops growing: more submits queue nothing.
-    let queued = stack.queue_len(&stack.queue).await;
+    let queued = stack.queue_len(&stack.work_queue()).await;
     for _ in 0..5 {
         let response = stack.submit(&job).await;
         problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
     }
-    assert_eq!(stack.queue_len(&stack.queue).await, queued);
+    assert_eq!(stack.queue_len(&stack.work_queue()).await, queued);
     let ready: Value = stack.get_json("/readyz").await;
     let admission = &ready["limits"]["admission"];
     assert_eq!(admission["shedding"], true, "{ready}");
@@ -667,7 +667,7 @@ async fn oversized_headers_are_431_problems_and_queue_nothing() {
         .unwrap();
     let body = problem(response, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await;
     assert!(body["detail"].as_str().unwrap().contains("16384"), "{body}");
-    assert_eq!(stack.queue_len(&stack.queue).await, 0);
+    assert_eq!(stack.queue_len(&stack.work_queue()).await, 0);
     // Just under the limit is fine.
     let response = stack
         .http

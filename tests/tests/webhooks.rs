@@ -259,7 +259,7 @@ async fn callback_urls_outside_the_allow_list_are_refused_and_nothing_is_queued(
     stack
         .submit_ok(&json!({"type": "echo", "callback_url": "https://hooks.example.com/x"}))
         .await;
-    stack.wait_queue_len(&stack.queue, 1).await;
+    stack.wait_queue_len(&stack.work_queue(), 1).await;
 }
 
 #[tokio::test]

@@ -258,7 +258,10 @@ impl Consumer {
             let cancels = async {
                 for tag in &tags {
                     let _ = channel
-                        .basic_cancel(ShortString::from(tag.as_str()), BasicCancelOptions::default())
+                        .basic_cancel(
+                            ShortString::from(tag.as_str()),
+                            BasicCancelOptions::default(),
+                        )
                         .await;
                 }
                 let _ = callbacks
@@ -387,8 +390,7 @@ async fn reap_lapsed_leases(processor: Processor, publisher: lapin::Channel) {
                     let key = id.to_string();
                     let outgoing = Outgoing::new(&key, &message);
                     let queue = processor.queue_for_message(&message).await;
-                    match publish_confirmed(&publisher, &queue, outgoing, timeout).await
-                    {
+                    match publish_confirmed(&publisher, &queue, outgoing, timeout).await {
                         Ok(()) => {
                             tracing::warn!(job_id = %id, "lease lapsed (its worker died?); job put back on the queue");
                             if let Err(e) = store.end_lease(&id).await {

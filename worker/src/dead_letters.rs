@@ -90,7 +90,10 @@ impl Session {
         let mut present = Vec::new();
         for queue in queues {
             let dead = topology::dead_letter_queue(queue);
-            if crate::legacy::old_queue(&connection, &dead).await?.is_some() {
+            if crate::legacy::old_queue(&connection, &dead)
+                .await?
+                .is_some()
+            {
                 present.push(queue.clone());
             }
         }
@@ -183,42 +186,42 @@ pub async fn replay(
     let mut report = ReplayReport::default();
     let mut seen = 0;
     for queue in &session.queues {
-    while seen < limit {
-        let Some(delivery) = session.next(queue).await? else {
-            break;
-        };
-        seen += 1;
-        let Ok(job) = serde_json::from_slice::<JobMessage>(&delivery.data) else {
-            // Left unacknowledged: back in the dead-letter queue when the channel closes.
-            report.left += 1;
-            continue;
-        };
-        let Some(mut doc) = store.load(&job.id).await? else {
-            report.left += 1;
-            continue;
-        };
-        let id: JobId = job.id;
-        doc.status = JobStatus::Queued;
-        doc.started_at = None;
-        doc.finished_at = None;
-        doc.progress = None;
-        doc.next_attempt_at = Some(Utc::now());
-        let from = [JobStatus::Failed, JobStatus::Queued, JobStatus::Running];
-        match store.transition(&doc, &from, None).await? {
-            Transition::Done | Transition::DoneCancelRequested => {
-                let key = id.to_string();
-                let priority = delivery.properties.priority().unwrap_or(0);
-                let traceparent = shared::publish::traceparent_of(&delivery.properties);
-                let outgoing = Outgoing::new(&key, &delivery.data)
-                    .priority(priority)
-                    .traceparent(traceparent.as_deref());
-                publish_confirmed(channel, &route(&job.job_type), outgoing, timeout).await?;
-                report.replayed.push(id.to_string());
+        while seen < limit {
+            let Some(delivery) = session.next(queue).await? else {
+                break;
+            };
+            seen += 1;
+            let Ok(job) = serde_json::from_slice::<JobMessage>(&delivery.data) else {
+                // Left unacknowledged: back in the dead-letter queue when the channel closes.
+                report.left += 1;
+                continue;
+            };
+            let Some(mut doc) = store.load(&job.id).await? else {
+                report.left += 1;
+                continue;
+            };
+            let id: JobId = job.id;
+            doc.status = JobStatus::Queued;
+            doc.started_at = None;
+            doc.finished_at = None;
+            doc.progress = None;
+            doc.next_attempt_at = Some(Utc::now());
+            let from = [JobStatus::Failed, JobStatus::Queued, JobStatus::Running];
+            match store.transition(&doc, &from, None).await? {
+                Transition::Done | Transition::DoneCancelRequested => {
+                    let key = id.to_string();
+                    let priority = delivery.properties.priority().unwrap_or(0);
+                    let traceparent = shared::publish::traceparent_of(&delivery.properties);
+                    let outgoing = Outgoing::new(&key, &delivery.data)
+                        .priority(priority)
+                        .traceparent(traceparent.as_deref());
+                    publish_confirmed(channel, &route(&job.job_type), outgoing, timeout).await?;
+                    report.replayed.push(id.to_string());
+                }
+                Transition::Refused(_) => report.dropped.push(id.to_string()),
             }
-            Transition::Refused(_) => report.dropped.push(id.to_string()),
+            delivery.ack(BasicAckOptions::default()).await?;
         }
-        delivery.ack(BasicAckOptions::default()).await?;
-    }
     }
     session.close("replayed").await;
     Ok(report)

@@ -135,8 +135,11 @@ impl LiveTypes {
     /// Where a job checked against the schema of digest `digest` goes (a worker of that
     /// version, see `crate::versions`).
     pub async fn version_destination(&self, digest: &str) -> Destination {
-        self.ask(|known| known.version_destination(digest), Destination::Nowhere)
-            .await
+        self.ask(
+            |known| known.version_destination(digest),
+            Destination::Nowhere,
+        )
+        .await
     }
 
     /// The queue a job of `job_type` that this worker does not serve belongs in: its newest

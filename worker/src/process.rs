@@ -396,7 +396,9 @@ impl Processor {
             // Straight there from another queue (the old single one); through a delay queue
             // when it would come back here at once.
             let delay = (queue == delivery.routing_key.as_str()).then_some(step);
-            return Err(self.hand_off(message, &queue, delay, delivery, publisher).await);
+            return Err(self
+                .hand_off(message, &queue, delay, delivery, publisher)
+                .await);
         };
         if !rejected_here.is_empty() {
             // For a worker of the version the facade checked it against (see `versions`).
@@ -405,7 +407,8 @@ impl Processor {
                 Destination::Served => topology::retry_step(&self.amqp, 2),
                 Destination::Waiting => self.amqp.retry_max_delay_ms,
                 Destination::Nowhere => {
-                    let failure = crate::versions::gone(spec.schema_digest(), message, &rejected_here);
+                    let failure =
+                        crate::versions::gone(spec.schema_digest(), message, &rejected_here);
                     return Err(self.give_up(doc, failure, publisher).await);
                 }
             };
@@ -791,7 +794,13 @@ impl Processor {
 
     /// Dead-letters a message that was already acknowledged (a leased job): a copy goes to
     /// the dead-letter queue directly.
-    async fn publish_dead_letter(&self, id: &JobId, job_type: &str, raw: &[u8], publisher: &Channel) {
+    async fn publish_dead_letter(
+        &self,
+        id: &JobId,
+        job_type: &str,
+        raw: &[u8],
+        publisher: &Channel,
+    ) {
         let queue = topology::dead_letter_queue(&self.amqp.queue_of(job_type));
         let timeout = Duration::from_millis(self.amqp.publish_timeout_ms);
         if let Err(e) = publish_confirmed(

@@ -99,7 +99,9 @@ async fn submit_traced(
     // Shed load before anything is written: a deep backlog of this type is not worth growing
     // (other types' queues may be short).
     if state.limits.admission_enabled() {
-        state.limits.admit(state.estimates.queue_depth(&queue.name).await)?;
+        state
+            .limits
+            .admit(state.estimates.queue_depth(&queue.name).await)?;
     }
 
     let id = JobId::new();

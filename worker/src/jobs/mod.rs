@@ -405,7 +405,10 @@ impl Registry {
     pub fn queues(&self, amqp: &AmqpSettings) -> Result<BTreeMap<String, bool>, String> {
         let mut queues: BTreeMap<String, (bool, &str)> = BTreeMap::new();
         for t in self.types() {
-            let suffix = amqp.type_queues.get(t.name()).map_or(t.name(), String::as_str);
+            let suffix = amqp
+                .type_queues
+                .get(t.name())
+                .map_or(t.name(), String::as_str);
             shared::topology::check_queue_suffix(suffix)
                 .map_err(|e| format!("the queue of job type '{}': {e}", t.name()))?;
             let queue = amqp.queue_of(t.name());
