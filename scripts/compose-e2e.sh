@@ -9,13 +9,23 @@
 #   3. submit sleep jobs, `docker kill` a worker container while they run: every job must still
 #      end `succeeded` (its message comes back to another worker);
 #   4. `docker compose down -v`.
+# Then the two worker kinds of docker-compose.kinds.yml (worker: echo, sleep, fail; worker-hash:
+# hash), from the image already built:
+#   5. `up --build --scale worker=1 --scale worker-hash=1`, wait until every service is healthy
+#      and both kinds have registered their types;
+#   6. GET /v1/job-types: echo's queue is jobs.echo, hash's jobs.hash;
+#   7. an echo and a hash job, each polled to its 303 and its result;
+#   8. GET /v1/workers: exactly two live workers, one serving just hash, one not serving hash,
+#      and each ran one of the two jobs;
+#   9. `docker compose down -v`.
 # The engine it started is stopped at the end, also when a step fails. Images and the build
 # cache stay in the engine's data root (ARR_DOCKER_ROOT) for the next run on this machine.
 #
 #   bash scripts/compose-e2e.sh          (as root: it installs packages and runs dockerd)
 #
 # Environment: COMPOSE_E2E_JOBS (sleep jobs for the kill, default 30),
-#              COMPOSE_E2E_TIMEOUT (seconds for the whole run after the build, default 600).
+#              COMPOSE_E2E_TIMEOUT (seconds for each of the two stacks, after the first build,
+#              default 600).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -139,4 +149,119 @@ done
 ((succeeded == JOBS)) || fail "$succeeded of $JOBS jobs succeeded"
 echo "compose-e2e: $succeeded of $JOBS jobs succeeded after a worker was killed; $again ran again on another worker"
 ((again > 0)) || echo "compose-e2e: (no job had to run again: the kill met no running job)"
+log "docker compose down -v (one worker kind passed)"
+"${compose[@]}" down -v --remove-orphans --timeout 20 || fail "docker compose down -v failed"
+
+# --- Two worker kinds (docker-compose.kinds.yml) ------------------------------------------
+# From here on fail() and the cleanup see the override's services (worker-hash) too.
+compose=(docker compose -p "$project" -f docker-compose.yml -f docker-compose.ci.yml
+         -f docker-compose.kinds.yml)
+deadline=$((SECONDS + TIMEOUT))
+log "two worker kinds: up --build --scale worker=1 --scale worker-hash=1 (docker-compose.kinds.yml), waiting until healthy"
+start=$SECONDS
+"${compose[@]}" up -d --build --scale worker=1 --scale worker-hash=1 --wait --wait-timeout 300 \
+  || fail "the services with two worker kinds did not become healthy"
+log "healthy in $((SECONDS - start)) s"
+"${compose[@]}" ps
+
+# kinds WHAT DOC: judges the JSON document DOC, of GET /v1/job-types (WHAT=types) or of
+# GET /v1/workers (WHAT=workers: the two kinds are live; WHAT=ran: and each ran one job).
+# Prints "ok: <what it lists>", "wait: <what is missing yet>" or "bad: <what is wrong>" (no use
+# waiting).
+kinds() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+
+what, doc = sys.argv[1], json.loads(sys.argv[2])
+
+
+def verdict(text):
+    print(text)
+    sys.exit(0)
+
+
+if what == "types":
+    types = {t.get("name"): t for t in doc.get("job_types") or []}
+    missing = [n for n in ("echo", "hash") if ((types.get(n) or {}).get("workers") or 0) < 1]
+    if missing:
+        verdict(f"wait: no live worker serves {' and '.join(missing)} yet; "
+                f"types listed: {sorted(map(str, types))}")
+    queues = {n: (types[n].get("queue") or {}).get("name") for n in ("echo", "hash")}
+    if queues != {"echo": "jobs.echo", "hash": "jobs.hash"}:
+        verdict(f"bad: the queues of echo and hash are {queues}, not jobs.echo and jobs.hash")
+    verdict("ok: " + ", ".join(f"{n} in {(t.get('queue') or {}).get('name')} "
+                               f"({t.get('workers')} worker(s))" for n, t in sorted(types.items())))
+
+workers = doc.get("workers") or []
+listed = "; ".join(f"{w.get('id')}: job_types {w.get('job_types')}, queue {w.get('queue')}, "
+                   f"jobs_done {w.get('jobs_done')}" for w in workers) or "none"
+if len(workers) < 2:
+    verdict(f"wait: {len(workers)} live worker(s), not 2 yet ({listed})")
+hashers = [w for w in workers if w.get("job_types") == ["hash"]]
+others = [w for w in workers if w.get("job_types") and "hash" not in w["job_types"]]
+if len(workers) != 2 or len(hashers) != 1 or len(others) != 1:
+    verdict("bad: not two live workers, one serving just hash and one serving other types "
+            f"than hash: {listed}")
+if what == "ran":
+    done = [w.get("jobs_done") or 0 for w in (hashers[0], others[0])]
+    if sum(done) < 2:
+        verdict(f"wait: the workers ran {sum(done)} of the 2 jobs so far ({listed})")
+    if done != [1, 1]:
+        verdict(f"bad: the echo and the hash job did not run on one worker kind each: {listed}")
+verdict(f"ok: {listed}")
+PY
+}
+
+# until_kinds WHAT PATH: polls GET PATH until `kinds WHAT` judges it ok, then prints what it
+# lists; fails at once on "bad", and at the deadline.
+until_kinds() {
+  local doc verdict
+  while :; do
+    doc=$(curl -sS -f "$base$2") || fail "GET $2 failed"
+    verdict=$(kinds "$1" "$doc") || fail "GET $2: unreadable answer $doc"
+    case "$verdict" in
+      ok:*) printf 'GET %s: %s\n' "$2" "${verdict#ok: }"; return 0 ;;
+      bad:*) fail "GET $2: ${verdict#bad: }" ;;
+    esac
+    ((SECONDS < deadline)) || fail "GET $2: ${verdict#wait: } (not within the time limit)"
+    sleep 0.5
+  done
+}
+
+# result_of LOCATION: polls a job's status URL to its 303 and prints the job's result.
+result_of() {
+  local code="" redirect
+  until [ "$code" = 303 ]; do
+    ((SECONDS < deadline)) || fail "$1 did not reach 303 in time (last answer $code)"
+    code=$(curl -sS -o /dev/null -w '%{http_code}' "$base$1") || fail "GET $1 did not answer"
+    case "$code" in 202|303) ;; *) fail "GET $1 answered $code" ;; esac
+    [ "$code" = 303 ] || sleep 0.3
+  done
+  redirect=$(curl -sS -o /dev/null -w '%{redirect_url}' "$base$1") || fail "GET $1 did not answer"
+  [ "$redirect" = "$base$1/result" ] || fail "the 303 of $1 pointed at $redirect, not $base$1/result"
+  curl -sS -f "$base$1/result" || fail "GET $1/result failed"
+}
+
+log "both kinds register their job types; each type has a queue of its own"
+until_kinds types /v1/job-types
+
+log "an echo and a hash job, each run by its kind of worker"
+echo_loc=$(submit '{"type":"echo","input":{"kind":"light","n":2}}')
+hash_loc=$(submit '{"type":"hash","input":{"bytes":64}}')
+[ -n "$echo_loc" ] && [ -n "$hash_loc" ] || fail "a 202 had no Location"
+echo "Locations: $echo_loc $hash_loc"
+result=$(result_of "$echo_loc")
+echo "echo result: $result"
+[ "$(json kind <<<"$result")" = light ] && [ "$(json n <<<"$result")" = 2 ] \
+  || fail "unexpected echo result $result"
+result=$(result_of "$hash_loc")
+echo "hash result: $result"
+[ "$(json bytes <<<"$result")" = 64 ] && [ "$(json seed <<<"$result")" = 0 ] \
+  && [ "$(json sha256 <<<"$result" | wc -c)" = 65 ] || fail "unexpected hash result $result"
+# jobs_done reaches the registry with each worker's next heartbeat (worker.heartbeat_seconds).
+until_kinds workers /v1/workers
+until_kinds ran /v1/workers
+
+log "docker compose down -v (two worker kinds passed)"
+"${compose[@]}" down -v --remove-orphans --timeout 20 || fail "docker compose down -v failed"
 log "passed"

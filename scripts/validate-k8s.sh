@@ -13,10 +13,16 @@
 #    Kubernetes version in K8S_VERSIONS. KEDA's ScaledObject and TriggerAuthentication are
 #    not in those schemas: they are checked against minimal schemas of their required fields
 #    written here. Any other kind without a schema is an error.
-# 3. Checks what no schema can: selectors match the pod labels, referenced objects, ports
-#    and secret keys exist, the KEDA queue is the configured queue, the grace periods cover
-#    the drains, the pods' security settings, and that prometheus.io/port annotations name
-#    the port each process serves /metrics on.
+# 3. Checks what no schema can: selectors match the pod labels (and no Deployment's selector
+#    takes another's pods), referenced objects, ports and secret keys exist, the grace periods
+#    cover the drains, the pods' security settings, and that prometheus.io/port annotations
+#    name the port each process serves /metrics on. And the worker kinds: every worker
+#    Deployment serves (APP__WORKER__TYPES) only built-in types of the `worker` binary, every
+#    built-in type is served by some worker Deployment, a worker consumes a shared queue only
+#    if it serves every type in it, the facade routes each type to the queue its workers read,
+#    and each worker Deployment's ScaledObject triggers on exactly the queues of its types:
+#    `<APP__AMQP__QUEUE>.<type>`, or `<APP__AMQP__QUEUE>.<suffix>` where
+#    APP__AMQP__TYPE_QUEUES__<TYPE>=<suffix> is set (in the ConfigMap or the Deployment's env).
 #
 # Exits non-zero on the first directory with a problem (after listing all its problems).
 # Python packages go into a virtualenv under target/ (created once, reused afterwards).
@@ -79,6 +85,14 @@ KUBECTL = os.environ.get("KUBECTL") or None
 # and the OpenTelemetry SDK's 5 s to flush spans when export is on.
 WORKER_CLOSE_SECONDS = 5.5
 OTLP_FLUSH_SECONDS = 5
+
+# The job types the `worker` binary has built in (worker/src/jobs/: echo.rs, sleep.rs, hash.rs,
+# fail.rs); APP__WORKER__TYPES picks among them, and leaving it out means all of them.
+BUILTIN_TYPES = ("echo", "sleep", "hash", "fail")
+# shared::job_types::valid_name.
+TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# amqp.type_queues.<type> = "<suffix>": type's jobs go to `<amqp.queue>.<suffix>`.
+TYPE_QUEUES_ENV = "APP__AMQP__TYPE_QUEUES__"
 
 
 class Problem(Exception):
@@ -421,6 +435,9 @@ def check_consistency(objs, is_overlay):
         for oname, o in by_kind.get(kind, {}).items():
             ref = o.get("spec", {}).get("scaleTargetRef", {})
             if ref.get("kind", "Deployment") == "Deployment":
+                if ref.get("name") in scaled:
+                    problems.append(f"Deployment/{ref.get('name')}: scaled by both "
+                                    f"{scaled[ref.get('name')]} and {kind}/{oname}")
                 scaled[ref.get("name")] = f"{kind}/{oname}"
     for target, owner in scaled.items():
         if target in deployments and "replicas" in deployments[target]["spec"]:
@@ -529,6 +546,15 @@ def check_consistency(objs, is_overlay):
             problems.append(f"{kind}: selector {selector} selects no Deployment's pods")
         return hits
 
+    # Two Deployments whose selectors take each other's pods fight over them (each counts the
+    # other's pods as its own): every worker kind needs a label of its own.
+    for name, d in deployments.items():
+        for other, od in deployments.items():
+            if other != name and matches(d["spec"]["selector"].get("matchLabels", {}),
+                                         od["spec"]["template"]["metadata"].get("labels", {})):
+                problems.append(f"Deployment/{name}: its selector also matches the pods of "
+                                f"Deployment/{other}")
+
     for name, s in by_kind.get("Service", {}).items():
         for dname in selected(s["spec"].get("selector", {}), f"Service/{name}"):
             containers = deployments[dname]["spec"]["template"]["spec"]["containers"]
@@ -550,16 +576,142 @@ def check_consistency(objs, is_overlay):
             auth = t.get("authenticationRef", {}).get("name")
             if auth and auth not in by_kind.get("TriggerAuthentication", {}):
                 problems.append(f"ScaledObject/{name}: TriggerAuthentication {auth!r} not rendered")
-            if t["type"] == "rabbitmq":
-                queue = config.get("APP__AMQP__QUEUE", "jobs")
-                if t["metadata"].get("queueName") != queue:
-                    problems.append(f"ScaledObject/{name}: queueName "
-                                    f"{t['metadata'].get('queueName')!r} is not the work queue "
-                                    f"{queue!r} (APP__AMQP__QUEUE)")
     for name, ta in by_kind.get("TriggerAuthentication", {}).items():
         for ref in ta["spec"].get("secretTargetRef", []):
             secret_key(ref["name"], ref["key"], False, f"TriggerAuthentication/{name}")
+    check_worker_kinds(deployments, configmaps, by_kind.get("ScaledObject", {}), problems, notes)
     return problems, notes
+
+
+def container_env(c, configmaps):
+    """A container's environment as far as the manifests state it: the data of its ConfigMaps
+    (envFrom, a later one winning), then its `env` (winning over envFrom). A value taken from a
+    Secret or a field is None (unknown here)."""
+    env = {}
+    for ef in c.get("envFrom", []):
+        if "configMapRef" in ef:
+            data = configmaps.get(ef["configMapRef"].get("name"), {}).get("data") or {}
+            env.update({ef.get("prefix", "") + key: value for key, value in data.items()})
+    for e in c.get("env", []):
+        env[e["name"]] = None if "valueFrom" in e else str(e.get("value", ""))
+    return env
+
+
+def check_worker_kinds(deployments, configmaps, scaled_objects, problems, notes):
+    """The worker kinds: which types each worker Deployment serves, which queues those are,
+    and that its ScaledObject watches exactly them (see the header, point 3)."""
+
+    def routing(env, where):
+        """(queue of a type, the mapping): amqp.queue and amqp.type_queues from `env`."""
+        for key in [k for k in env if k == "APP__AMQP__QUEUE" or k.startswith(TYPE_QUEUES_ENV)]:
+            if env[key] is None:
+                problems.append(f"{where}: {key} comes from a Secret or a field; give it as a "
+                                "value (the queues of the KEDA triggers are checked against it)")
+            elif env[key] == "":
+                problems.append(f"{where}: {key} is empty")
+        prefix = env.get("APP__AMQP__QUEUE") or "jobs"
+        # config-rs lower-cases the keys of environment variables: ..._QUEUES__ECHO is `echo`.
+        mapping = {key[len(TYPE_QUEUES_ENV):].lower(): value for key, value in env.items()
+                   if key.startswith(TYPE_QUEUES_ENV) and value}
+        return (lambda t: f"{prefix}.{mapping.get(t, t)}"), mapping
+
+    def processes(command):
+        for dname, d in sorted(deployments.items()):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if (c.get("command") or [""])[0] == command:
+                    yield dname, c
+
+    kinds = {}  # worker Deployment -> (its types, or None when unknown; queue of a type)
+    mapped = set()
+    for dname, c in processes("worker"):
+        where = f"Deployment/{dname} container {c['name']}"
+        env = container_env(c, configmaps)
+        queue_of, mapping = routing(env, where)
+        mapped |= set(mapping)
+        raw = env.get("APP__WORKER__TYPES")
+        if dname in kinds:
+            problems.append(f"Deployment/{dname}: more than one worker container")
+            continue
+        if raw is None and "APP__WORKER__TYPES" in env:
+            problems.append(f"{where}: APP__WORKER__TYPES comes from a Secret or a field; give "
+                            "it as a value (its ScaledObject's queues are checked against it)")
+            types = None
+        elif raw is None:
+            types = list(BUILTIN_TYPES)
+            notes.append(f"{where}: no APP__WORKER__TYPES, serves every built-in type")
+        elif raw == "":
+            # config-rs reads an empty list variable as one empty name, which the worker refuses.
+            problems.append(f"{where}: APP__WORKER__TYPES is empty; the worker refuses an empty "
+                            "type name: leave the variable out to serve every built-in type")
+            types = None
+        else:
+            types = []
+            for t in raw.split(","):
+                if not TYPE_NAME.match(t):
+                    problems.append(f"{where}: APP__WORKER__TYPES {raw!r}: {t!r} is not a job "
+                                    "type name (a comma list without spaces)")
+                elif t not in BUILTIN_TYPES:
+                    problems.append(f"{where}: APP__WORKER__TYPES {raw!r}: {t!r} is not a "
+                                    f"built-in type of the worker binary ({', '.join(BUILTIN_TYPES)})")
+                elif t not in types:
+                    types.append(t)
+        kinds[dname] = (types, queue_of)
+    known = {dname: kind for dname, kind in kinds.items() if kind[0] is not None}
+
+    for t in BUILTIN_TYPES if len(known) == len(kinds) else ():
+        if not any(t in types for types, _ in kinds.values()):
+            problems.append(f"built-in type {t!r} is served by no worker Deployment: its jobs "
+                            "would wait in their queue for good")
+
+    # A worker reads every message of the queues it consumes: a queue that several types share
+    # (APP__AMQP__TYPE_QUEUES__*) must be served whole by each worker kind that consumes it.
+    for dname, (types, queue_of) in sorted(known.items()):
+        for other in sorted((set(BUILTIN_TYPES) | mapped) - set(types)):
+            if queue_of(other) in {queue_of(t) for t in types}:
+                problems.append(f"Deployment/{dname}: consumes {queue_of(other)}, which also "
+                                f"holds {other!r} jobs, a type it does not serve")
+
+    # The facade publishes each job to its type's queue by its own settings: they must name the
+    # queue that the type's workers consume.
+    for aname, c in processes("api"):
+        api_queue_of, _ = routing(container_env(c, configmaps), f"Deployment/{aname}")
+        for dname, (types, queue_of) in sorted(known.items()):
+            for t in types:
+                if api_queue_of(t) != queue_of(t):
+                    problems.append(f"Deployment/{aname} publishes {t!r} jobs to "
+                                    f"{api_queue_of(t)}, but Deployment/{dname} consumes "
+                                    f"{queue_of(t)} for them")
+
+    owners = {}
+    for name, so in sorted(scaled_objects.items()):
+        target = so["spec"]["scaleTargetRef"]["name"]
+        queues = [t["metadata"].get("queueName") for t in so["spec"]["triggers"]
+                  if t["type"] == "rabbitmq"]
+        if target not in kinds:
+            if queues:
+                problems.append(f"ScaledObject/{name}: rabbitmq triggers on {target}, which "
+                                "runs no worker")
+            continue
+        owners[target] = name
+        types, queue_of = kinds[target]
+        if types is None:
+            continue  # its types are unknown (a problem above)
+        want = sorted({queue_of(t) for t in types})
+        for q in sorted({q for q in queues if queues.count(q) > 1}):
+            problems.append(f"ScaledObject/{name}: more than one trigger on queue {q!r}")
+        missing = [q for q in want if q not in queues]
+        extra = sorted({q for q in queues if q not in want}, key=str)
+        if missing:
+            problems.append(f"ScaledObject/{name}: no trigger on {', '.join(missing)}, the "
+                            f"queue(s) of Deployment/{target}'s types ({', '.join(types)})")
+        if extra:
+            problems.append(f"ScaledObject/{name}: triggers on {', '.join(map(repr, extra))}, "
+                            f"not a queue of Deployment/{target}'s types ({', '.join(types)})")
+        if not missing and not extra:
+            notes.append(f"ScaledObject/{name}: scales Deployment/{target} "
+                         f"({','.join(types)}) on {', '.join(want)}")
+    for dname in sorted(set(kinds) - set(owners)):
+        notes.append(f"Deployment/{dname}: a worker kind no ScaledObject scales")
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,8 +773,8 @@ def main():
         if problems:
             failed = True
         else:
-            print("  ok    cross-object checks (selectors, references, ports, queue, grace, "
-                  "security, metrics)")
+            print("  ok    cross-object checks (selectors, references, ports, worker kinds "
+                  "and their queues, grace, security, metrics)")
     print()
     if failed:
         print("Kubernetes manifests: INVALID (see FAIL above)")
