@@ -33,9 +33,9 @@ WORKDIR /src
 # Every workspace member gets a stub of each target its manifest names, so cargo can load the
 # workspace and compile all crates.io dependencies of the two binaries.
 COPY --from=manifests /src/ /src/
-RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src tests/src examples/src/bin \
+RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src/bin tests/src examples/src/bin \
  && for lib in shared client tests worker examples; do echo '' > $lib/src/lib.rs; done \
- && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs examples/src/bin/wordcount-worker.rs; do echo 'fn main() {}' > $bin; done \
+ && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs bench/src/bin/bench-worker.rs examples/src/bin/wordcount-worker.rs examples/src/bin/greet-worker.rs; do echo 'fn main() {}' > $bin; done \
  && cargo build --release --locked --bin api --bin worker \
  && rm -rf shared/src api/src worker/src client/src bench/src tests/src examples/src
 

@@ -50,7 +50,7 @@ exec "target/$profile/bench" run \
   ${smoke:+--smoke} \
   --out "$out" \
   --api-bin "target/$profile/api" \
-  --worker-bin "target/$profile/worker" \
+  --worker-bin "target/$profile/bench-worker" \
   --celery-python "$venv/bin/python" \
   --celery-dir bench \
   "${args[@]}"

@@ -5,9 +5,11 @@
 //! out a broker restart without being restarted itself.
 //!
 //! Each job type's jobs go to the queue its workers registered (`<queue>.<type>` by default,
-//! see `shared::topology`). The facade declares a queue once per connection, before its first
-//! publish there, as the workers do (so a type whose workers are all down still takes jobs,
-//! which wait), and again after a publish came back unroutable (the queue was deleted).
+//! see `shared::topology`). The facade declares the queues of the types it knows once per
+//! connection (when it connects, and when new types appear, as the workers do: so a type whose
+//! workers are all down still takes jobs, which wait, and the queues are there for whoever
+//! watches them), a queue before its first publish there, and again after a publish came back
+//! unroutable (the queue was deleted).
 //! Declarations use a short-lived channel of their own: a queue declared elsewhere with other
 //! arguments makes the broker close the declaring channel, which must never be the one every
 //! publish shares (the queue exists, so publishing goes on).
@@ -27,6 +29,7 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::io::{Io, IoStopped};
+use crate::job_types::JobTypes;
 
 pub mod queue_stats;
 
@@ -86,6 +89,8 @@ struct Slot {
     last_tls: bool,
     /// The queues declared on this connection.
     declared: HashSet<String>,
+    /// The catalog generation whose types' queues were declared on this connection.
+    declared_generation: Option<u64>,
 }
 
 impl Slot {
@@ -103,6 +108,8 @@ pub struct Broker {
     nodes: Nodes,
     slot: Arc<Mutex<Slot>>,
     io: Io,
+    /// The job types whose queues to declare (set once the catalog exists).
+    types: Arc<std::sync::OnceLock<JobTypes>>,
 }
 
 impl Broker {
@@ -112,7 +119,30 @@ impl Broker {
             settings: Arc::new(settings),
             slot: Arc::new(Mutex::new(Slot::default())),
             io,
+            types: Default::default(),
         }
+    }
+
+    /// Declares the queues of `types`' job types from now on (see the module's documentation).
+    pub fn follow(&self, types: JobTypes) {
+        let _ = self.types.set(types);
+    }
+
+    /// Declares the queues of the known types, if the catalog changed since they were.
+    async fn declare_known(&self) -> Result<(), BrokerError> {
+        let Some(types) = self.types.get() else {
+            return Ok(());
+        };
+        let catalog = types.current();
+        if !catalog.loaded || self.slot.lock().await.declared_generation == Some(catalog.generation)
+        {
+            return Ok(());
+        }
+        for t in catalog.types() {
+            self.declare(&t.queue_target(&self.settings.queue)).await?;
+        }
+        self.slot.lock().await.declared_generation = Some(catalog.generation);
+        Ok(())
     }
 
     /// A connected channel, connecting (and declaring the queue) if there is none.
@@ -151,6 +181,7 @@ impl Broker {
                 slot.link = Some(Arc::new(link));
                 slot.last_failure = None;
                 slot.declared.clear();
+                slot.declared_generation = None;
                 tracing::info!(%node, "connected to the broker");
                 Ok(channel)
             }
@@ -248,6 +279,7 @@ impl Broker {
             self.io
                 .run(async move {
                     let channel = broker.channel().await?;
+                    broker.declare_known().await?;
                     broker.declare(&queue).await?;
                     broker
                         .publish_on(
@@ -311,7 +343,10 @@ impl Broker {
     pub async fn check(&self) -> Result<(), BrokerError> {
         let broker = self.clone();
         self.io
-            .run(async move { broker.channel().await.map(|_| ()) })
+            .run(async move {
+                broker.channel().await?;
+                broker.declare_known().await
+            })
             .await?
     }
 }

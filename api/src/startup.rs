@@ -108,6 +108,7 @@ impl Application {
             &io,
             settings.jobs.type_retention_seconds,
         );
+        broker.follow(job_types.clone());
         let estimates = crate::estimates::Estimates::new(
             store.clone(),
             broker.clone(),

@@ -365,6 +365,18 @@ fn goals(r: &mut Report) {
             detail,
         );
     }
+    // Issue 17: a type without priorities has a plain queue, like the raw pipeline's.
+    let classic = e2e("classic");
+    let plain = scenarios::PLAIN_SERVICE;
+    let measured = r.paired(&[(&classic, plain), (&classic, raw)], ratio);
+    let detail = medians(r, &classic, &[plain, raw], "jobs/s");
+    r.goal(
+        "end-to-end, a type without priorities ≥ 0.6 × raw pipeline (classic)",
+        measured,
+        Some(0.6),
+        true,
+        detail,
+    );
     // Not a goal: against a raw pipeline that uses the broker as the service does (priority
     // queue, mandatory publish with headers), to tell the design's broker features from the
     // service's own cost.

@@ -294,6 +294,11 @@ impl RssPeak {
 }
 
 const ECHO: &[u8] = br#"{"type":"echo","input":{"n":1}}"#;
+/// The same no-op, of a type without priorities (a plain queue; `bench-worker` serves it).
+const PLAIN: &[u8] = br#"{"type":"plain","input":{"n":1}}"#;
+
+/// The end-to-end figure of a type without priorities.
+pub const PLAIN_SERVICE: &str = "service, a type without priorities (plain classic queue)";
 
 /// 1 and 7 (idle and under load): end-to-end jobs per second against the raw pipeline and the
 /// raw broker loop, on a classic (v2) and a quorum queue. Leaves the classic stack running for
@@ -374,6 +379,17 @@ pub async fn end_to_end(ctx: &mut Ctx) -> Result<Stack> {
                 jobs_through(&stack, &mut redis, ECHO, sizes.e2e_jobs, sizes.clients),
             )
             .await?;
+            if !quorum {
+                ctx.measure(
+                    &with_stack,
+                    &scenario,
+                    PLAIN_SERVICE,
+                    "jobs/s",
+                    sizes.e2e_jobs,
+                    jobs_through(&stack, &mut redis, PLAIN, sizes.e2e_jobs, sizes.clients),
+                )
+                .await?;
+            }
             if let Some(tuned) = &tuned {
                 let components = ctx.components(Some(tuned));
                 ctx.measure(

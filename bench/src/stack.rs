@@ -179,7 +179,7 @@ impl Stack {
         } else {
             shared::configuration::QueueType::Classic
         };
-        let work: Vec<String> = ["echo", "sleep", "hash", "fail"]
+        let work: Vec<String> = ["echo", "sleep", "hash", "fail", "plain"]
             .iter()
             .map(|t| amqp.queue_of(t))
             .collect();

@@ -368,6 +368,12 @@ async fn unreadable_callback_messages_are_dead_lettered_once() {
     let mut receiver = Receiver::start(&[]).await;
     let stack = Stack::start_with("webhook-poison", webhook_stack()).await;
     let callbacks = format!("{}.callbacks", stack.queue);
+    // Once the worker has declared it (a raw publish to a missing queue is dropped).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !stack.queue_exists(&callbacks).await {
+        assert!(std::time::Instant::now() < deadline, "no callbacks queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stack.publish_raw(&callbacks, b"not json").await;
     stack
         .publish_raw(&callbacks, br#"{"v":99,"id":"x","attempt":1}"#)
