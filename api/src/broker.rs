@@ -49,6 +49,9 @@ pub enum BrokerError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Io(#[from] IoStopped),
+    /// The broker has no queue of that name.
+    #[error("the broker has no queue '{0}'")]
+    NoQueue(String),
     /// Within `RECONNECT_BACKOFF` of a failed attempt: why that attempt failed.
     #[error("the broker is unreachable (retrying shortly): {reason}")]
     BackingOff { reason: String, tls: bool },
@@ -175,7 +178,7 @@ impl Broker {
                 return Err(e.into());
             }
         };
-        match tokio::time::timeout(timeout, Self::set_up(connection, &self.settings)).await {
+        match tokio::time::timeout(timeout, Self::set_up(connection)).await {
             Ok(Ok(link)) => {
                 let channel = link.channel.clone();
                 slot.link = Some(Arc::new(link));
@@ -197,10 +200,7 @@ impl Broker {
     }
 
     /// A confirm-mode channel on `connection`.
-    async fn set_up(
-        connection: Connection,
-        _settings: &AmqpSettings,
-    ) -> Result<Link, lapin::Error> {
+    async fn set_up(connection: Connection) -> Result<Link, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

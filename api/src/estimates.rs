@@ -153,13 +153,7 @@ impl Estimates {
     /// compares with `limits.max_queue_depth` before a submission's type is read); `None`
     /// when no queue could be measured.
     pub async fn deepest_queue(&self) -> Option<u64> {
-        let catalog = self.job_types.current();
-        let mut queues: Vec<String> = catalog
-            .types()
-            .map(|t| t.queue(&self.legacy_queue).to_owned())
-            .collect();
-        queues.sort();
-        queues.dedup();
+        let queues = self.job_types.current().queues(&self.legacy_queue);
         let depths = futures_util::future::join_all(queues.iter().map(|q| self.queue_depth(q)));
         depths.await.into_iter().flatten().max()
     }

@@ -162,6 +162,15 @@ impl Catalog {
         self.types.is_empty()
     }
 
+    /// The work queues of the known types, each once, sorted (`legacy`: the single queue of
+    /// registrations from before queues per type).
+    pub fn queues(&self, legacy: &str) -> Vec<String> {
+        let mut queues: Vec<String> = self.types().map(|t| t.queue(legacy).to_owned()).collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+
     /// `echo, hash, …`, for error details.
     pub fn names(&self) -> String {
         self.types.keys().cloned().collect::<Vec<_>>().join(", ")

@@ -18,8 +18,8 @@
 //!   attempt to make), its delay queues `<queue>.callbacks.retry.<ms>` (`.retry-q.` with quorum
 //!   queues) that dead-letter back into it after the back-off, and `<queue>.callbacks.dead` for
 //!   callback messages no worker can read. Only workers declare and use these;
-//! - `<queue>` itself, the one work queue of every type before queues per type (and its delay
-//!   queues `<queue>.retry.<ms>`): [`legacy_queue_arguments`]. Nothing publishes there any
+//! - `<queue>` itself, the one work queue of every type before queues per type (declared with
+//!   priorities, and its delay queues `<queue>.retry.<ms>`). Nothing publishes there any
 //!   more but facades of that version during an upgrade; workers move what they find there to
 //!   the types' queues (`worker::legacy`).
 //!
@@ -184,12 +184,6 @@ pub fn queue_arguments(settings: &AmqpSettings, name: &str, priorities: bool) ->
     args
 }
 
-/// The single work queue's arguments in versions before queues per type (every classic one
-/// had priorities), for declaring it as it is (a declaration with other arguments is refused).
-pub fn legacy_queue_arguments(settings: &AmqpSettings) -> FieldTable {
-    queue_arguments(settings, &settings.queue, true)
-}
-
 /// A delay queue's arguments: its messages expire after `ttl_ms` into `target`, or, without
 /// one, back by the routing key they were published with.
 fn delay_queue_arguments(queue_type: QueueType, ttl_ms: u64, target: Option<&str>) -> FieldTable {
@@ -293,6 +287,46 @@ pub async fn declare_callback_queues(
     }
     declare(channel, &queue, args).await?;
     Ok(())
+}
+
+/// A queue as the broker sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Messages ready for delivery (not counting those delivered and not yet acknowledged).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// `queue`'s figures, or `None` if it does not exist. Asked with a passive declare on a
+/// short-lived channel of its own: the broker closes a channel that asks for a missing queue,
+/// which must never be a channel anything else uses.
+pub async fn inspect(
+    connection: &lapin::Connection,
+    queue: &str,
+) -> lapin::Result<Option<QueueStats>> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            ShortString::from(queue),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    match declared {
+        Ok(q) => {
+            let _ = channel.close(200, ShortString::from("inspected")).await;
+            Ok(Some(QueueStats {
+                messages: q.message_count(),
+                consumers: q.consumer_count(),
+            }))
+        }
+        // 404: the broker closed the channel; the connection lives on.
+        Err(_) if connection.status().connected() => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every queue and exchange the topology of `settings` declares for the work queues `work`

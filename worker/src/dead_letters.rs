@@ -90,10 +90,7 @@ impl Session {
         let mut present = Vec::new();
         for queue in queues {
             let dead = topology::dead_letter_queue(queue);
-            if crate::legacy::old_queue(&connection, &dead)
-                .await?
-                .is_some()
-            {
+            if topology::inspect(&connection, &dead).await?.is_some() {
                 present.push(queue.clone());
             }
         }

@@ -125,13 +125,6 @@ impl LiveTypes {
         }
     }
 
-    /// Where a job of `job_type` goes. Registry trouble reads as [`Destination::Nowhere`]
-    /// (the job then fails as it did before hand-offs existed), logged.
-    pub async fn destination(&self, job_type: &str) -> Destination {
-        self.ask(|known| known.destination(job_type), Destination::Nowhere)
-            .await
-    }
-
     /// Where a job checked against the schema of digest `digest` goes (a worker of that
     /// version, see `crate::versions`).
     pub async fn version_destination(&self, digest: &str) -> Destination {
@@ -146,13 +139,22 @@ impl LiveTypes {
     /// registration's (the single queue `amqp.queue` for a registration of an older
     /// version); `None` for a type not registered, or when the registry cannot be read.
     pub async fn queue_of(&self, job_type: &str) -> Option<String> {
-        let queue = |known: &Known| {
-            known
-                .queues
-                .get(job_type)
-                .map(|q| q.clone().unwrap_or_else(|| self.legacy_queue.clone()))
-        };
-        self.ask(queue, None).await
+        self.ask(|known| self.queue_in(known, job_type), None).await
+    }
+
+    /// Where a job of a type this worker does not serve goes, and its queue (as
+    /// [`queue_of`](Self::queue_of)), from one read. Registry trouble reads as
+    /// [`Destination::Nowhere`] (the job then fails as it did before hand-offs existed), logged.
+    pub async fn route(&self, job_type: &str) -> (Destination, Option<String>) {
+        let answer = |known: &Known| (known.destination(job_type), self.queue_in(known, job_type));
+        self.ask(answer, (Destination::Nowhere, None)).await
+    }
+
+    fn queue_in(&self, known: &Known, job_type: &str) -> Option<String> {
+        known
+            .queues
+            .get(job_type)
+            .map(|q| q.clone().unwrap_or_else(|| self.legacy_queue.clone()))
     }
 
     /// `answer` from the last read if it is fresh and the answer is a yes ("served", a
@@ -234,6 +236,12 @@ impl Positive for Destination {
 impl Positive for Option<String> {
     fn positive(&self) -> bool {
         self.is_some()
+    }
+}
+
+impl Positive for (Destination, Option<String>) {
+    fn positive(&self) -> bool {
+        self.0.positive() && self.1.positive()
     }
 }
 

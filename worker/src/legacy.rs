@@ -13,31 +13,11 @@
 //! component of the old version runs, it and its delay queues can be deleted
 //! (`rabbitmqctl delete_queue jobs`; see the README's "Upgrading").
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
 use lapin::Connection;
 
 /// Whether the single work queue of older versions, `queue`, exists (and how many messages
 /// it holds).
 pub async fn old_queue(connection: &Connection, queue: &str) -> lapin::Result<Option<u32>> {
-    let channel = connection.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    match declared {
-        Ok(q) => {
-            let _ = channel.close(200, ShortString::from("checked")).await;
-            Ok(Some(q.message_count()))
-        }
-        // 404: the channel is closed by the broker; the connection lives on.
-        Err(_) if connection.status().connected() => Ok(None),
-        Err(e) => Err(e),
-    }
+    let stats = shared::topology::inspect(connection, queue).await?;
+    Ok(stats.map(|q| q.messages))
 }

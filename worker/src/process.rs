@@ -378,20 +378,14 @@ impl Processor {
         let Some(spec) = spec else {
             // Not a type of this worker: to its type's queue for one that serves it, while
             // the facades accept the type (see `handoff`).
-            let destination = self.live_types.destination(&message.job_type).await;
-            let queue = self.live_types.queue_of(&message.job_type).await;
-            let (Some(queue), Destination::Served | Destination::Waiting) = (queue, destination)
-            else {
+            let (destination, queue) = self.live_types.route(&message.job_type).await;
+            let (Some(queue), Some(step)) = (queue, self.hand_off_step(destination)) else {
                 let failure = JobFailure {
                     kind: JobErrorKind::Undeliverable,
                     message: format!("no handler for job type '{}'", message.job_type),
                     retryable: false,
                 };
                 return Err(self.give_up(doc, failure, publisher).await);
-            };
-            let step = match destination {
-                Destination::Served => topology::retry_step(&self.amqp, 2),
-                _ => self.amqp.retry_max_delay_ms,
             };
             // Straight there from another queue (the old single one); through a delay queue
             // when it would come back here at once.
@@ -403,14 +397,10 @@ impl Processor {
         if !rejected_here.is_empty() {
             // For a worker of the version the facade checked it against (see `versions`).
             let queue = self.amqp.queue_of(spec.name());
-            let step = match crate::versions::destination(&self.live_types, message).await {
-                Destination::Served => topology::retry_step(&self.amqp, 2),
-                Destination::Waiting => self.amqp.retry_max_delay_ms,
-                Destination::Nowhere => {
-                    let failure =
-                        crate::versions::gone(spec.schema_digest(), message, &rejected_here);
-                    return Err(self.give_up(doc, failure, publisher).await);
-                }
+            let destination = crate::versions::destination(&self.live_types, message).await;
+            let Some(step) = self.hand_off_step(destination) else {
+                let failure = crate::versions::gone(spec.schema_digest(), message, &rejected_here);
+                return Err(self.give_up(doc, failure, publisher).await);
             };
             return Err(self
                 .hand_off(message, &queue, Some(step), delivery, publisher)
@@ -579,6 +569,17 @@ impl Processor {
                 tracing::error!(error = %e, "cannot store the outcome; the job will run again");
                 Settle::Requeue
             }
+        }
+    }
+
+    /// How long a job handed off to `destination` waits first (see `handoff`): the first
+    /// retry step when a live worker will take it, the longest while it waits for one; `None`
+    /// when nowhere will.
+    fn hand_off_step(&self, destination: Destination) -> Option<u64> {
+        match destination {
+            Destination::Served => Some(topology::retry_step(&self.amqp, 2)),
+            Destination::Waiting => Some(self.amqp.retry_max_delay_ms),
+            Destination::Nowhere => None,
         }
     }
 
@@ -841,9 +842,7 @@ impl Processor {
             }
         }
     }
-}
 
-impl Processor {
     /// The work queue a kept job message (a leased job's) goes back to: its type's, as this
     /// worker names it if it serves the type, else as the registry does.
     pub async fn queue_for_message(&self, message: &[u8]) -> String {

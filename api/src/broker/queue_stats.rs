@@ -1,20 +1,10 @@
 //! How many messages wait in a work queue and how many consumers take from it, for the
-//! `Retry-After` estimate. Asked with a passive declare on a short-lived channel of its own: a
-//! passive declare of a missing queue closes its channel, which must never be the channel the
-//! publishes share.
+//! `Retry-After` estimate, admission control and the overview (`shared::topology::inspect`:
+//! a passive declare on a short-lived channel of its own, never the one publishes share).
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{FieldTable, ShortString};
+pub use shared::topology::QueueStats;
 
 use super::{Broker, BrokerError};
-
-/// A work queue as the broker sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueStats {
-    /// Messages ready for delivery (not counting those delivered and not yet acknowledged).
-    pub messages: u32,
-    pub consumers: u32,
-}
 
 impl Broker {
     /// The depth and consumer count of the work queue `queue` (connecting first if need be).
@@ -34,22 +24,8 @@ impl Broker {
             .link
             .clone()
             .ok_or_else(|| BrokerError::Connect("the connection was lost".into()))?;
-        let channel = link._connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let _ = channel.close(200, ShortString::from("done")).await;
-        let queue = declared?;
-        Ok(QueueStats {
-            messages: queue.message_count(),
-            consumers: queue.consumer_count(),
-        })
+        shared::topology::inspect(&link._connection, queue)
+            .await?
+            .ok_or_else(|| BrokerError::NoQueue(queue.to_owned()))
     }
 }

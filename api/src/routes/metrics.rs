@@ -25,14 +25,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     // Queue figures are read now: a scrape every few seconds costs the broker nothing. The
     // sums over the known types' queues (one work queue before queues per type).
     let prefix = state.settings.amqp.queue.as_str();
-    let mut names: Vec<String> = state
-        .job_types
-        .current()
-        .types()
-        .map(|t| t.queue(prefix).to_owned())
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = state.job_types.current().queues(prefix);
     let stats =
         futures_util::future::join_all(names.iter().map(|q| state.broker.queue_stats(q))).await;
     let (mut messages, mut consumers) = (0i64, 0i64);

@@ -88,14 +88,7 @@ async fn compute(state: &AppState, tenant: &Tenant) -> Result<Value, ApiError> {
     let prefix = state.settings.amqp.queue.clone();
     let store = state.store.for_tenant(tenant);
     // Every known type's queue (types may share one).
-    let mut names: Vec<String> = state
-        .job_types
-        .current()
-        .types()
-        .map(|t| t.queue(&prefix).to_owned())
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = state.job_types.current().queues(&prefix);
     let stats = futures_util::future::join_all(names.iter().map(|name| async move {
         tokio::time::timeout(QUEUE_TIMEOUT, state.broker.queue_stats(name)).await
     }));
