@@ -161,6 +161,10 @@ fn terminal_problem(head: &StatusHead, doc_bytes: &[u8]) -> Problem {
             let mut problem = Problem::new(status, "job-failed", error.title.clone())
                 .detail(error.detail.clone());
             problem.type_uri = error.type_uri.clone();
+            // A declared http type's backend explained itself: its problem as it sent it.
+            if let Some(backend) = &error.backend {
+                problem = problem.extension("backend", backend.clone());
+            }
             problem
         }
         (_, None) => Problem::new(
@@ -176,7 +180,9 @@ fn terminal_problem(head: &StatusHead, doc_bytes: &[u8]) -> Problem {
 }
 
 /// The answer of the result resource for a succeeded job.
-pub fn result_answer(req: &HttpRequest, result: Vec<u8>) -> HttpResponse {
+/// `media_type` is the result's as its document records it (`None`: JSON, every result of a
+/// version before results of other types). One the header cannot carry is served as bytes.
+pub fn result_answer(req: &HttpRequest, result: Vec<u8>, media_type: Option<&str>) -> HttpResponse {
     let tag = etag(&result);
     if not_modified(req, &tag) {
         return HttpResponse::NotModified()
@@ -189,8 +195,16 @@ pub fn result_answer(req: &HttpRequest, result: Vec<u8>) -> HttpResponse {
             header::CACHE_CONTROL,
             HeaderValue::from_static("private, max-age=0"),
         ))
-        .content_type(JSON)
+        .insert_header((header::CONTENT_TYPE, result_content_type(media_type)))
         .body(result)
+}
+
+fn result_content_type(media_type: Option<&str>) -> HeaderValue {
+    match media_type {
+        None => JSON,
+        Some(media_type) => HeaderValue::from_str(media_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    }
 }
 
 #[cfg(test)]

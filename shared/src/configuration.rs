@@ -263,6 +263,15 @@ pub struct WorkerSettings {
     /// The built-in job types this worker serves (and registers); empty: all of them.
     #[serde(default)]
     pub types: Vec<String>,
+    /// A TOML file declaring `http` and `command` job types (see `worker::declared`); empty:
+    /// none. Its types are served besides the binary's own.
+    #[serde(default)]
+    pub job_types_file: String,
+    /// The facade's address as the backends of declared `http` types reach it
+    /// (`http://api:8080`): they get a signed, job-scoped progress URL under it in the
+    /// `Progress-Url` header. Empty: no progress URL is sent.
+    #[serde(default)]
+    pub progress_base_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -202,6 +202,11 @@ pub struct JobError {
     pub detail: String,
     pub retryable: bool,
     pub kind: JobErrorKind,
+    /// The problem document (RFC 9457) of the backend a declared `http` type calls, when it
+    /// answered with one: its own words on why, kept as it sent them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub backend: Option<serde_json::Value>,
 }
 
 impl JobError {
@@ -212,8 +217,55 @@ impl JobError {
             detail: detail.into(),
             retryable,
             kind,
+            backend: None,
         }
     }
+}
+
+/// The media type of a result that does not say (every result of a Rust handler).
+pub const JSON_MEDIA_TYPE: &str = "application/json";
+
+/// What a succeeded job's result is, without its bytes: `GET …/result` serves them with this
+/// media type. Results of Rust handlers are JSON; a declared `http` or `command` type keeps
+/// what its backend answered (a PDF, a PNG, text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResultInfo {
+    /// The result's `Content-Type`.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+impl ResultInfo {
+    /// Whether the result is JSON (`application/json` or a `+json` type, parameters aside).
+    pub fn is_json(&self) -> bool {
+        is_json_media_type(&self.media_type)
+    }
+}
+
+/// Whether `media_type` is JSON: `application/json` or `…/…+json`, parameters aside.
+pub fn is_json_media_type(media_type: &str) -> bool {
+    let essence = media_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == JSON_MEDIA_TYPE
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// How the backend of a canceled job took the cancel (declared `http` types: the request in
+/// flight is aborted, an asynchronous backend's monitor gets a `DELETE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackendCancel {
+    /// Whether the backend confirmed it stopped (a `2xx` to the `DELETE`, or nothing was left
+    /// running: the request in flight was aborted).
+    pub confirmed: bool,
+    /// What happened, in words (`DELETE http://…/jobs/7 answered 204`).
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,6 +332,14 @@ pub struct StatusDocument {
     /// The webhook, when the client gave a `callback_url`, and how its delivery stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<crate::webhooks::Callback>,
+    /// Once succeeded: the result's media type and size (absent in documents of versions
+    /// before results that are not JSON: those results are JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultInfo>,
+    /// Once canceled, for a job whose handler passes a cancel on to a backend: whether the
+    /// backend confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_cancel: Option<BackendCancel>,
 }
 
 impl StatusDocument {
@@ -298,6 +358,8 @@ impl StatusDocument {
             error: None,
             links: Links::for_job(&id),
             callback: None,
+            result: None,
+            backend_cancel: None,
         }
     }
 

@@ -22,7 +22,10 @@ pub mod trace;
 pub mod webhooks;
 
 pub use configuration::Settings;
-pub use job::{JobError, JobErrorKind, JobId, JobStatus, Progress, StatusDocument, StatusHead};
+pub use job::{
+    BackendCancel, JobError, JobErrorKind, JobId, JobStatus, Progress, ResultInfo, StatusDocument,
+    StatusHead,
+};
 pub use keys::KeyLayout;
 pub use message::JobMessage;
 pub use tenant::Tenant;

@@ -146,6 +146,17 @@ pub fn retry_step(settings: &AmqpSettings, next_attempt: u32) -> u64 {
     steps[index]
 }
 
+/// The shortest step that waits at least `ms` (the longest when none does): where a retry that
+/// must wait `ms` (a backend's `Retry-After`) goes.
+pub fn step_at_least(settings: &AmqpSettings, ms: u64) -> u64 {
+    let steps = retry_steps(settings);
+    steps
+        .iter()
+        .copied()
+        .find(|&step| step >= ms)
+        .unwrap_or(steps[steps.len() - 1])
+}
+
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
@@ -370,6 +381,10 @@ mod tests {
         assert_eq!(retry_step(&amqp, 2), 1000);
         assert_eq!(retry_step(&amqp, 3), 2000);
         assert_eq!(retry_step(&amqp, 50), 5000);
+        assert_eq!(step_at_least(&amqp, 0), 1000);
+        assert_eq!(step_at_least(&amqp, 1500), 2000);
+        assert_eq!(step_at_least(&amqp, 4000), 4000);
+        assert_eq!(step_at_least(&amqp, 90_000), 5000);
         amqp.retry_max_delay_ms = 1000;
         assert_eq!(retry_steps(&amqp), [1000]);
         amqp.queue = "jobs".into();

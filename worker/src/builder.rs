@@ -124,11 +124,13 @@ impl Worker {
         &self.registry
     }
 
-    /// The types it serves with `settings`: those named in `worker.types`, or all of them.
+    /// The types it serves with `settings`: its own and those declared in
+    /// `worker.job_types_file`, narrowed to those named in `worker.types` if any.
     pub fn registry_for(&self, settings: &Settings) -> Result<Registry, RunError> {
-        let registry = self
-            .registry
-            .clone()
+        let mut registry = self.registry.clone();
+        crate::declared::add_file_types(&mut registry, settings)
+            .map_err(|e| RunError::Config(e.to_string()))?;
+        let registry = registry
             .only(&settings.worker.types)
             .map_err(RunError::Config)?;
         if registry.names().next().is_none() {

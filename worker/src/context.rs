@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shared::{JobId, JobStatus, Progress, StatusDocument};
+use shared::{BackendCancel, JobId, JobStatus, Progress, StatusDocument, Tenant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -25,11 +25,16 @@ struct Inner {
     state: Mutex<ProgressState>,
     /// Where background progress writes run (the runtime the context was made on).
     runtime: Option<tokio::runtime::Handle>,
+    /// The job's tenant and the W3C trace context of its message (what a handler that calls
+    /// another service passes on).
+    tenant: Tenant,
+    traceparent: Option<String>,
 }
 
 struct ProgressState {
     doc: StatusDocument,
     last_write: Option<Instant>,
+    backend_cancel: Option<BackendCancel>,
 }
 
 impl JobContext {
@@ -55,6 +60,20 @@ impl JobContext {
         Self::build(doc, None, Duration::ZERO, cancel)
     }
 
+    /// The same context for a job of `tenant` whose message carried `traceparent`.
+    pub(crate) fn with_origin(self, tenant: Tenant, traceparent: Option<String>) -> Self {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.tenant = tenant;
+                inner.traceparent = traceparent;
+                JobContext {
+                    inner: Arc::new(inner),
+                }
+            }
+            Err(inner) => JobContext { inner },
+        }
+    }
+
     fn build(
         doc: StatusDocument,
         store: Option<JobStore>,
@@ -69,9 +88,12 @@ impl JobContext {
                 interval,
                 cancel,
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                tenant: Tenant::default(),
+                traceparent: None,
                 state: Mutex::new(ProgressState {
                     doc,
                     last_write: None,
+                    backend_cancel: None,
                 }),
             }),
         }
@@ -79,6 +101,36 @@ impl JobContext {
 
     pub fn job_id(&self) -> JobId {
         self.inner.id
+    }
+
+    /// The tenant the job belongs to.
+    pub fn tenant(&self) -> &Tenant {
+        &self.inner.tenant
+    }
+
+    /// The W3C `traceparent` of the job's message, when it carried one.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.inner.traceparent.as_deref()
+    }
+
+    /// Records how a backend took this job's cancel (shown in the canceled job's document as
+    /// `backend_cancel`). For handlers with a cancel grace (`JobType::cancel_grace`).
+    pub fn backend_canceled(&self, confirmed: bool, detail: impl Into<String>) {
+        if let Ok(mut state) = self.inner.state.lock() {
+            state.backend_cancel = Some(BackendCancel {
+                confirmed,
+                detail: detail.into(),
+            });
+        }
+    }
+
+    /// What [`backend_canceled`](Self::backend_canceled) recorded.
+    pub fn backend_cancel(&self) -> Option<BackendCancel> {
+        self.inner
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.backend_cancel.clone())
     }
 
     /// 1 on the first run, more when the job is run again.

@@ -33,6 +33,7 @@ pub mod cli;
 pub mod consumer;
 pub mod context;
 pub mod dead_letters;
+pub mod declared;
 pub mod fleet;
 pub mod handoff;
 pub mod job_store;
@@ -46,7 +47,7 @@ pub mod webhook;
 
 pub use builder::{RunError, Worker, WorkerBuilder};
 pub use context::JobContext;
-pub use jobs::{JobFailure, JobType, Registry};
+pub use jobs::{JobFailure, JobType, Output, Registry};
 /// The JSON Schema derive a job type's input uses (the version this crate is built with).
 pub use schemars;
 /// The settings a worker runs with (see `config/default.toml`).

@@ -38,7 +38,8 @@ use shared::publish::{publish_confirmed, publish_confirmed_via, traceparent_of, 
 use shared::topology;
 use shared::trace::TraceContext;
 use shared::{
-    JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, StatusDocument, Tenant,
+    JobError, JobErrorKind, JobId, JobMessage, JobStatus, Progress, ResultInfo, StatusDocument,
+    Tenant,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
@@ -49,7 +50,7 @@ use crate::cancel::Registration;
 use crate::context::JobContext;
 use crate::handoff::Destination;
 use crate::job_store::{FreshStart, JobStore, StoreError, Transition};
-use crate::jobs::{JobFailure, JobType, Registry};
+use crate::jobs::{JobFailure, JobType, Output, Registry};
 use crate::metrics;
 
 /// How long a terminal write is retried (with back-off) before the message is requeued.
@@ -95,7 +96,7 @@ enum Settle {
 
 /// How one run ended.
 enum Outcome {
-    Succeeded(serde_json::Value),
+    Succeeded(Output),
     Failed(JobFailure),
     /// The handler panicked: the job fails and its message is dead-lettered.
     Panicked(String),
@@ -256,14 +257,23 @@ impl Processor {
         metrics::IN_FLIGHT.inc();
         let run_started = Instant::now();
 
+        let traceparent = traceparent_of(&delivery.properties);
         let ctx = JobContext::new(
             running.clone(),
             self.store.clone(),
             self.progress_interval,
             cancel.token(),
-        );
+        )
+        .with_origin(message.tenant.clone(), traceparent.clone());
         let outcome = self
-            .run_handler(spec.name(), limits, message, ctx.clone(), leased)
+            .run_handler(
+                spec.name(),
+                limits,
+                spec.cancel_grace_period(),
+                message,
+                ctx.clone(),
+                leased,
+            )
             .await;
         drop(cancel);
         metrics::IN_FLIGHT.dec();
@@ -280,7 +290,6 @@ impl Processor {
             .with_label_values(&[spec.name()])
             .observe(run_started.elapsed().as_secs_f64());
         let priority = delivery.properties.priority().unwrap_or(0);
-        let traceparent = traceparent_of(&delivery.properties);
 
         let settle = self
             .finish(
@@ -380,11 +389,11 @@ impl Processor {
             // the facades accept the type (see `handoff`).
             let (destination, queue) = self.live_types.route(&message.job_type).await;
             let (Some(queue), Some(step)) = (queue, self.hand_off_step(destination)) else {
-                let failure = JobFailure {
-                    kind: JobErrorKind::Undeliverable,
-                    message: format!("no handler for job type '{}'", message.job_type),
-                    retryable: false,
-                };
+                let failure = JobFailure::new(
+                    JobErrorKind::Undeliverable,
+                    format!("no handler for job type '{}'", message.job_type),
+                    false,
+                );
                 return Err(self.give_up(doc, failure, publisher).await);
             };
             // Straight there from another queue (the old single one); through a delay queue
@@ -411,14 +420,14 @@ impl Processor {
         // those count towards giving up here; failed attempts were counted when they failed.
         if doc.status == JobStatus::Running && doc.attempts >= limits.max_attempts {
             // Every earlier start ended without an outcome: the job keeps killing its workers.
-            let failure = JobFailure {
-                kind: JobErrorKind::Crashed,
-                message: format!(
+            let failure = JobFailure::new(
+                JobErrorKind::Crashed,
+                format!(
                     "gave up after {} attempts: each one ended without an outcome (the worker stopped)",
                     doc.attempts
                 ),
-                retryable: false,
-            };
+                false,
+            );
             return Err(self.give_up(doc, failure, publisher).await);
         }
 
@@ -445,10 +454,14 @@ impl Processor {
     }
 
     /// Runs the handler, bounded by the type's maximum run time, renewing the lease meanwhile.
+    /// A cancel request stops it at once, or, for a type with a cancel grace, after it had
+    /// up to that long to pass the cancel on (it watches `JobContext::cancelled`).
+    #[allow(clippy::too_many_arguments)]
     async fn run_handler(
         &self,
         job_type: &str,
         limits: Limits,
+        cancel_grace: Duration,
         message: JobMessage,
         ctx: JobContext,
         leased: bool,
@@ -466,7 +479,14 @@ impl Processor {
                 result = &mut work => break result,
                 // A cancel request stops the handler at its next await point (handlers may
                 // also watch `JobContext::cancelled` to clean up first).
-                _ = canceled.cancelled() => return Outcome::Canceled,
+                _ = canceled.cancelled() => {
+                    if !cancel_grace.is_zero() {
+                        // Whatever it ends with, the job is canceled; the grace is for
+                        // passing the cancel on (dropping the future stops what is left).
+                        let _ = tokio::time::timeout(cancel_grace, &mut work).await;
+                    }
+                    return Outcome::Canceled;
+                }
                 _ = tokio::time::sleep(renew_every), if leased => {
                     let until = now_ms() + self.lease.as_millis() as i64;
                     if let Err(e) = self.store.renew_lease(&message.id, until).await {
@@ -476,14 +496,14 @@ impl Processor {
             }
         };
         match result {
-            Err(_) => Outcome::Failed(JobFailure {
-                kind: JobErrorKind::Timeout,
-                message: format!(
+            Err(_) => Outcome::Failed(JobFailure::new(
+                JobErrorKind::Timeout,
+                format!(
                     "the job ran longer than its limit of {} s",
                     limits.max_run_seconds
                 ),
-                retryable: false,
-            }),
+                false,
+            )),
             Ok(Err(panic)) => Outcome::Panicked(panic_message(&panic)),
             Ok(Ok(Ok(value))) => Outcome::Succeeded(value),
             Ok(Ok(Err(failure))) => Outcome::Failed(failure),
@@ -506,18 +526,22 @@ impl Processor {
         doc.progress = ctx.latest_progress().or(doc.progress);
         let now = Utc::now();
         let (result, settle) = match outcome {
-            Outcome::Succeeded(value) => match serde_json::to_vec(&value) {
-                Ok(bytes) => {
+            Outcome::Succeeded(output) => match output.encode() {
+                Ok((bytes, media_type)) => {
                     doc.status = JobStatus::Succeeded;
                     doc.error = None;
                     if let Some(p) = doc.progress.as_mut() {
                         p.percent = 100.0;
                     }
+                    doc.result = Some(ResultInfo {
+                        media_type,
+                        size: bytes.len() as u64,
+                    });
                     (Some(bytes), Settle::Ack)
                 }
                 Err(e) => {
                     doc.status = JobStatus::Failed;
-                    doc.error = Some(JobFailure::permanent(e.to_string()).to_error());
+                    doc.error = Some(JobFailure::permanent(e).to_error());
                     (None, Settle::Ack)
                 }
             },
@@ -541,6 +565,7 @@ impl Processor {
             }
             Outcome::Canceled => {
                 doc.status = JobStatus::Canceled;
+                doc.backend_cancel = ctx.backend_cancel();
                 (None, Settle::Ack)
             }
             Outcome::Panicked(message) => {
@@ -633,12 +658,20 @@ impl Processor {
         publisher: &Channel,
         leased: bool,
     ) -> Settle {
-        let step = topology::retry_step(&self.amqp, doc.attempts + 1);
+        let mut step = topology::retry_step(&self.amqp, doc.attempts + 1);
+        // What failed asked for a pause of its own (an HTTP backend's Retry-After): at least
+        // that long, in the first step that long or longer (capped at the longest step).
+        let asked_ms = failure.retry_after.map(|d| d.as_millis() as u64);
+        if let Some(asked) = asked_ms {
+            step = step.max(topology::step_at_least(&self.amqp, asked));
+        }
         // Jitter: wait between 75% and 100% of the step, so retries of jobs that failed
         // together spread out. Messages in one delay queue then differ by at most a quarter
         // of the step, which bounds how long one can wait behind another at the queue's head.
         let jitter = 0.75 + 0.25 * rand_fraction();
-        let delay_ms = ((step as f64) * jitter).max(1.0) as u64;
+        let delay_ms = ((step as f64) * jitter)
+            .max(asked_ms.unwrap_or(0).min(step) as f64)
+            .max(1.0) as u64;
         doc.status = JobStatus::Queued;
         doc.error = Some(failure.to_error());
         doc.next_attempt_at = Some(Utc::now() + chrono::Duration::milliseconds(delay_ms as i64));
@@ -775,11 +808,11 @@ impl Processor {
         if let Some(id) = id {
             if let Ok(Some(doc)) = this.store.load(&id).await {
                 if !doc.status.is_terminal() {
-                    let failure = JobFailure {
-                        kind: JobErrorKind::Undeliverable,
-                        message: format!("the job's message could not be read: {detail}"),
-                        retryable: false,
-                    };
+                    let failure = JobFailure::new(
+                        JobErrorKind::Undeliverable,
+                        format!("the job's message could not be read: {detail}"),
+                        false,
+                    );
                     return this.give_up(doc, failure, publisher).await;
                 }
                 // Failed by an earlier delivery of this message, whose callback could not be

@@ -57,17 +57,17 @@ pub fn gone(own_digest: &str, message: &JobMessage, problems: &[String]) -> JobF
         .chain(&message.also_valid_for)
         .map(|d| short(d))
         .collect();
-    JobFailure {
-        kind: JobErrorKind::InputRejected,
-        message: format!(
-            "the job was accepted against input schema {} of job type '{}', which no worker serves any more; the version now serving it (schema {}) rejects the input: {}",
-            accepted.join(", "),
-            message.job_type,
-            short(own_digest),
-            problems.join("; ")
-        ),
-        retryable: false,
-    }
+    JobFailure::new(
+        JobErrorKind::InputRejected,
+        format!(
+        "the job was accepted against input schema {} of job type '{}', which no worker serves any more; the version now serving it (schema {}) rejects the input: {}",
+        accepted.join(", "),
+        message.job_type,
+        short(own_digest),
+        problems.join("; ")
+    ),
+        false,
+    )
 }
 
 #[cfg(test)]

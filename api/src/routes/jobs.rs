@@ -143,7 +143,22 @@ pub async fn result(
     let (bytes, result) = found(store.document_and_result(&id).await?)?;
     let doc = decode(&bytes)?;
     match (doc.status, result) {
-        (JobStatus::Succeeded, Some(result)) => Ok(result_answer(&req, result)),
+        (JobStatus::Succeeded, Some(result)) => {
+            // Read here rather than in every poll's head: only the result needs it.
+            #[derive(serde::Deserialize)]
+            struct Described {
+                #[serde(default)]
+                result: Option<shared::ResultInfo>,
+            }
+            let described = serde_json::from_slice::<Described>(&bytes)
+                .ok()
+                .and_then(|d| d.result);
+            Ok(result_answer(
+                &req,
+                result,
+                described.as_ref().map(|r| r.media_type.as_str()),
+            ))
+        }
         (JobStatus::Succeeded, None) => {
             tracing::error!(job_id = %id, "succeeded job without a stored result");
             Err(ApiError::JobNotFound)

@@ -48,46 +48,92 @@ pub struct JobFailure {
     pub kind: JobErrorKind,
     pub message: String,
     pub retryable: bool,
+    /// For a transient failure: how long the thing that failed asked to be left alone (an
+    /// HTTP backend's `Retry-After`). The retry waits at least this long, up to
+    /// `amqp.retry_max_delay_ms`.
+    pub retry_after: Option<std::time::Duration>,
+    /// The failing backend's own problem document (RFC 9457), kept in the job's error.
+    pub backend: Option<Value>,
 }
 
 impl JobFailure {
+    pub fn new(kind: JobErrorKind, message: impl Into<String>, retryable: bool) -> Self {
+        JobFailure {
+            kind,
+            message: message.into(),
+            retryable,
+            retry_after: None,
+            backend: None,
+        }
+    }
+
     /// The job cannot succeed (retrying would not help).
     pub fn permanent(message: impl Into<String>) -> Self {
-        JobFailure {
-            kind: JobErrorKind::HandlerFailed,
-            message: message.into(),
-            retryable: false,
-        }
+        Self::new(JobErrorKind::HandlerFailed, message, false)
     }
 
     /// A passing failure (a dependency down, a rate limit): the job is retried with back-off,
     /// up to its type's maximum attempts.
     pub fn transient(message: impl Into<String>) -> Self {
-        JobFailure {
-            kind: JobErrorKind::HandlerFailed,
-            message: message.into(),
-            retryable: true,
-        }
+        Self::new(JobErrorKind::HandlerFailed, message, true)
     }
 
     /// The input breaks a rule only the handler could check (the client's fault: 422). The
     /// input's shape (types, ranges, required and unknown fields) is the schema's, checked by
     /// the facade before the job was queued.
     pub fn input_rejected(message: impl Into<String>) -> Self {
-        JobFailure {
-            kind: JobErrorKind::InputRejected,
-            message: message.into(),
-            retryable: false,
-        }
+        Self::new(JobErrorKind::InputRejected, message, false)
+    }
+
+    /// The same failure, retried no sooner than `after` (when it is transient).
+    pub fn retry_after(mut self, after: Option<std::time::Duration>) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// The same failure with the backend's problem document.
+    pub fn with_backend_problem(mut self, problem: Option<Value>) -> Self {
+        self.backend = problem;
+        self
     }
 
     pub fn to_error(&self) -> JobError {
-        JobError::new(self.kind, self.message.clone(), self.retryable)
+        let mut error = JobError::new(self.kind, self.message.clone(), self.retryable);
+        error.backend = self.backend.clone();
+        error
     }
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Result<Value, JobFailure>> + Send>>;
-type ErasedHandler = Arc<dyn Fn(Value, JobContext) -> BoxFuture + Send + Sync>;
+/// What a handler produced: JSON (every typed handler's), or bytes of a media type (what a
+/// declared `http` backend or `command` answered: a PDF, a PNG, text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Json(Value),
+    Bytes { media_type: String, body: Vec<u8> },
+}
+
+impl Output {
+    /// The bytes to store and the media type to serve them with.
+    pub fn encode(self) -> Result<(Vec<u8>, String), String> {
+        match self {
+            Output::Json(value) => serde_json::to_vec(&value)
+                .map(|bytes| (bytes, shared::job::JSON_MEDIA_TYPE.to_owned()))
+                .map_err(|e| format!("cannot encode the result: {e}")),
+            Output::Bytes { media_type, body } => Ok((body, media_type)),
+        }
+    }
+}
+
+impl From<Value> for Output {
+    fn from(value: Value) -> Self {
+        Output::Json(value)
+    }
+}
+
+/// A running handler.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Result<Output, JobFailure>> + Send>>;
+/// A handler over any input (what a typed handler becomes, and what a declared type is).
+pub type ErasedHandler = Arc<dyn Fn(Value, JobContext) -> BoxFuture + Send + Sync>;
 
 /// Limits of a type whose declaration does not set them.
 pub const DEFAULT_LIMITS: Limits = Limits {
@@ -150,6 +196,9 @@ pub struct JobType {
     handler: ErasedHandler,
     /// Deserialises an input into the handler's input type, without running anything.
     decode: fn(Value) -> Result<(), String>,
+    /// How long a canceled run may take to pass the cancel on (see
+    /// [`cancel_grace`](Self::cancel_grace)); zero: it is stopped at once.
+    cancel_grace: std::time::Duration,
     /// [`schema_digest`] of `input_schema`.
     digest: String,
     /// `input_schema` compiled, to check the input of a job that the facade checked against
@@ -200,6 +249,7 @@ impl JobType {
                     .map_err(|e| JobFailure::input_rejected(format!("invalid input: {e}")))?;
                 let output = handler(input, ctx).await?;
                 serde_json::to_value(output)
+                    .map(Output::Json)
                     .map_err(|e| JobFailure::permanent(format!("cannot encode the result: {e}")))
             }) as BoxFuture
         });
@@ -217,7 +267,64 @@ impl JobType {
             priorities: false,
             handler: erased,
             decode: decode::<I>,
+            cancel_grace: std::time::Duration::ZERO,
         }
+    }
+
+    /// A job type whose input is any JSON that meets `input_schema` (draft 2020-12), run by
+    /// `handler`: what a declared type (`crate::declared`) is. `example` must meet the
+    /// schema. An error says what is wrong with the schema or the example.
+    pub fn dynamic(
+        name: &str,
+        description: &str,
+        input_schema: Value,
+        example: Value,
+        handler: ErasedHandler,
+    ) -> Result<Self, String> {
+        if !valid_name(name) {
+            return Err(format!(
+                "'{name}' is not a job type name (1 to 64 of a-z 0-9 . _ -, starting with a letter or digit)"
+            ));
+        }
+        let compiled = InputSchema::compile(&input_schema)
+            .map_err(|e| format!("the input schema is not a valid JSON Schema: {e}"))?;
+        let problems: Vec<String> = compiled
+            .validate(&example)
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field, e.detail))
+            .collect();
+        if !problems.is_empty() {
+            return Err(format!(
+                "the example does not meet the input schema: {}",
+                problems.join("; ")
+            ));
+        }
+        Ok(JobType {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            digest: schema_digest(&input_schema),
+            compiled: Some(Arc::new(compiled)),
+            input_schema,
+            example,
+            limits: DEFAULT_LIMITS,
+            priorities: false,
+            handler,
+            decode: |_| Ok(()),
+            cancel_grace: std::time::Duration::ZERO,
+        })
+    }
+
+    /// Lets a canceled run finish on its own for up to `grace` (it watches
+    /// [`JobContext::cancelled`]) so that it can pass the cancel on, to a backend say, and
+    /// record how that went ([`JobContext::backend_canceled`]); past it, it is stopped.
+    pub fn cancel_grace(mut self, grace: std::time::Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// How long a canceled run may take to stop on its own.
+    pub fn cancel_grace_period(&self) -> std::time::Duration {
+        self.cancel_grace
     }
 
     /// Most runs of one job: a transient failure is retried until this many attempts were
