@@ -662,12 +662,19 @@ fn response_json(name: &str) -> Option<Value> {
             "content": json_content("StatusDocument"),
         }),
         "JobResult" => json!({
-            "description": "The job's result: whatever JSON its handler returned.",
+            "description": "The job's result: whatever JSON its handler returned, or, for a type \
+                            declared in front of an HTTP service or a program, what that answered \
+                            (a PDF, a PNG, text) with its `Content-Type`. The status document's \
+                            `result` gives the media type and size beforehand.",
             "headers": {
                 "ETag": etag(true),
                 "Cache-Control": header(json!({"type": "string"}), "`private, max-age=0`.", true),
+                "Content-Type": header(json!({"type": "string"}), "The result's media type (`application/json` for every handler written in Rust).", true),
             },
-            "content": {"application/json": {"schema": {}}},
+            "content": {
+                "application/json": {"schema": {}},
+                "*/*": {"schema": {"type": "string", "format": "binary"}},
+            },
         }),
         "NotModified" => json!({
             "description": "Not modified: the representation still has the ETag given in \

@@ -8,7 +8,7 @@ use reqwest::{Method, Response, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::types::{Problem, StatusDocument};
+use crate::types::{Problem, ResultBody, StatusDocument};
 use crate::{header_str, problem_error, read_json, read_problem, Client, Error, JobState, Result};
 
 /// How often a waiter with a progress callback hears from the server at least.
@@ -40,12 +40,21 @@ pub struct JobHandle {
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub status: StatusDocument,
+    /// The result when it is JSON (`Null` when it is not: see `body`).
     pub result: Value,
+    /// The result as sent: bytes and media type (any result, JSON or not).
+    pub body: ResultBody,
 }
 
 impl Finished {
     /// The result as `T`.
     pub fn result<T: DeserializeOwned>(&self) -> Result<T> {
+        if !self.body.is_json() {
+            return Err(Error::InvalidResponse(format!(
+                "the result is {}, not JSON: read `body`",
+                self.body.media_type
+            )));
+        }
         serde_json::from_value(self.result.clone())
             .map_err(|e| Error::InvalidResponse(format!("result is not the expected type: {e}")))
     }
@@ -174,11 +183,19 @@ impl JobHandle {
         }
     }
 
-    /// The result of a job that succeeded. A failed or canceled job is
-    /// [`Error::JobFailed`]/[`Error::JobCanceled`], a pending one [`Error::NotFinished`].
+    /// The result of a job that succeeded, as JSON. A failed or canceled job is
+    /// [`Error::JobFailed`]/[`Error::JobCanceled`], a pending one [`Error::NotFinished`]; a
+    /// result that is not JSON is [`Error::InvalidResponse`] (read it with
+    /// [`result_body`](Self::result_body)).
     pub async fn result<T: DeserializeOwned>(&self) -> Result<T> {
+        self.result_body().await?.json()
+    }
+
+    /// The result of a job that succeeded, as sent: its bytes and media type (a PDF, a PNG,
+    /// JSON). Errors as [`result`](Self::result).
+    pub async fn result_body(&self) -> Result<ResultBody> {
         match self.poll(None, self.client.inner.timeout).await? {
-            Poll::Succeeded { result, .. } => read_json(self.fetch_result(result).await?).await,
+            Poll::Succeeded { result, .. } => read_body(self.fetch_result(result).await?).await,
             Poll::Pending { doc, .. } => Err(Error::NotFinished {
                 status: Box::new(doc),
             }),
@@ -318,11 +335,16 @@ impl JobHandle {
                     if let Some(f) = on_update.as_mut() {
                         f(&doc);
                     }
-                    let response = self.fetch_result(result).await?;
-                    let result: Value = read_json(response).await?;
+                    let body = read_body(self.fetch_result(result).await?).await?;
+                    let result = if body.is_json() {
+                        body.json()?
+                    } else {
+                        Value::Null
+                    };
                     return Ok(Finished {
                         status: doc,
                         result,
+                        body,
                     });
                 }
                 Poll::Failed { problem, doc } => {
@@ -432,7 +454,8 @@ impl JobHandle {
     async fn fetch_result(&self, url: Url) -> Result<Response> {
         let response = self
             .request(Method::GET, url)
-            .header(ACCEPT, "application/json")
+            // A result is whatever its job type answers (JSON, a PDF, …); errors are JSON.
+            .header(ACCEPT, "application/json, */*;q=0.8")
             .send()
             .await?;
         if response.status() == StatusCode::OK {
@@ -441,6 +464,18 @@ impl JobHandle {
             Err(problem_error(response).await)
         }
     }
+}
+
+/// A result answer's bytes and media type.
+async fn read_body(response: Response) -> Result<ResultBody> {
+    let media_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let bytes = response.bytes().await?;
+    Ok(ResultBody { media_type, bytes })
 }
 
 fn failed(problem: Problem, doc: StatusDocument) -> Error {

@@ -55,7 +55,9 @@ use serde_json::{Map, Value};
 
 pub use error::{Error, Result};
 pub use handle::{Finished, JobHandle};
-pub use types::{JobError, JobState, Links, Problem, Progress, StatusDocument};
+pub use types::{
+    JobError, JobState, Links, Problem, Progress, ResultBody, ResultInfo, StatusDocument,
+};
 
 /// The default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);

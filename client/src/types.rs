@@ -129,9 +129,64 @@ pub struct StatusDocument {
     /// Webhook delivery state, for jobs submitted with a `callback_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<Value>,
+    /// Once succeeded: the result's media type and size (servers before results that are not
+    /// JSON leave it out; their results are JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultInfo>,
     /// Members this client does not know (`next_attempt_at`, …).
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A result's media type and size, as the status document gives them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultInfo {
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// A result as the server sent it: its bytes and `Content-Type`. Results of the built-in and
+/// Rust job types are JSON; a type in front of another service or a program can answer
+/// anything (a PDF, a PNG, text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultBody {
+    /// The `Content-Type` (`application/json` when the server sent none).
+    pub media_type: String,
+    pub bytes: bytes::Bytes,
+}
+
+impl ResultBody {
+    /// Whether the result is JSON (`application/json` or a `+json` type).
+    pub fn is_json(&self) -> bool {
+        let essence = self
+            .media_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    }
+
+    /// Whether the result is text a terminal can show (`text/*`, JSON, XML, SVG).
+    pub fn is_text(&self) -> bool {
+        let essence = self.media_type.to_ascii_lowercase();
+        self.is_json()
+            || essence.starts_with("text/")
+            || essence.contains("xml")
+            || essence.starts_with("application/x-ndjson")
+    }
+
+    /// The result parsed as JSON into `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> crate::Result<T> {
+        serde_json::from_slice(&self.bytes).map_err(|e| {
+            crate::Error::InvalidResponse(format!(
+                "the result ({}) is not the expected JSON: {e}",
+                self.media_type
+            ))
+        })
+    }
 }
 
 impl StatusDocument {

@@ -413,7 +413,10 @@
 
   function select(id) {
     if (watch && watch.id === id) return;
-    if (watch) watch.controller.abort();
+    if (watch) {
+      watch.controller.abort();
+      if (watch.result && watch.result.url) URL.revokeObjectURL(watch.result.url);
+    }
     watch = { id, controller: new AbortController(), doc: null, history: [], terminal: false, result: undefined };
     if (location.hash !== `#${id}`) history.replaceState(null, '', `#${id}`);
     for (const [rid, row] of rows) setClass(row.tr, rid === id ? 'selected' : '');
@@ -567,11 +570,20 @@
   async function loadResult(w) {
     try {
       const res = await call(`/v1/jobs/${w.id}/result`, { signal: w.controller.signal });
-      const body = await readBody(res);
-      if (res.ok) {
-        w.result = JSON.stringify(body, null, 2);
-        if (watch === w) renderDetail(w);
+      if (!res.ok) return;
+      // A result is whatever the job type answers: JSON is shown pretty, text as it is, an
+      // image as an image; anything else (a PDF, an archive) is offered as a download.
+      const type = res.headers.get('content-type') || 'application/json';
+      const essence = type.split(';')[0].trim().toLowerCase();
+      if (essence === 'application/json' || essence.endsWith('+json')) {
+        const body = await readBody(res);
+        w.result = { type, text: JSON.stringify(body, null, 2) };
+      } else {
+        const blob = await res.blob();
+        const text = essence.startsWith('text/') ? await blob.text() : undefined;
+        w.result = { type, size: blob.size, text, image: essence.startsWith('image/'), url: URL.createObjectURL(blob) };
       }
+      if (watch === w) renderDetail(w);
     } catch (e) {
       if (!w.controller.signal.aborted) console.warn('result not loaded', e);
     }
@@ -602,8 +614,25 @@
     $('cancel-button').hidden = TERMINAL.has(doc.status);
     renderFacts(doc);
     renderHistory(w);
-    $('detail-result-wrap').hidden = w.result === undefined;
-    if (w.result !== undefined) setText($('detail-result'), w.result.length > 20000 ? `${w.result.slice(0, 20000)}\n…` : w.result);
+    renderResult(w.result);
+  }
+
+  function renderResult(result) {
+    $('detail-result-wrap').hidden = result === undefined;
+    if (result === undefined) return;
+    const text = result.text;
+    $('detail-result').hidden = text === undefined;
+    if (text !== undefined) setText($('detail-result'), text.length > 20000 ? `${text.slice(0, 20000)}\n…` : text);
+    const image = $('detail-result-image');
+    image.hidden = !result.image;
+    if (result.image && image.getAttribute('src') !== result.url) image.src = result.url;
+    const download = $('detail-result-download');
+    download.hidden = !result.url;
+    if (result.url) {
+      download.href = result.url;
+      download.download = `result-${watch ? watch.id : 'job'}`;
+      setText(download, `Download (${result.type}, ${result.size} bytes)`);
+    }
   }
 
   function renderFacts(doc) {

@@ -1,11 +1,12 @@
 //! `arr`: the command-line client of the Asynchronous Request-Reply service.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use client::{Client, Error, JobHandle, JobState, StatusDocument};
+use client::{Client, Error, JobHandle, JobState, ResultBody, StatusDocument};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
@@ -75,6 +76,11 @@ enum Command {
         /// URL the final status document is POSTed to.
         #[arg(long, value_name = "URL")]
         callback_url: Option<String>,
+        /// Write the result to FILE (`-`: standard output) as it is, bytes of any type (a
+        /// PDF, a PNG); without it a JSON or text result is printed, and another kind only
+        /// when standard output is not a terminal.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Print a job's status document (exit code 1 if it failed, 2 if canceled).
     Status {
@@ -88,11 +94,21 @@ enum Command {
         /// Give up after this many seconds (exit code 3).
         #[arg(long, value_name = "S")]
         timeout: Option<f64>,
+        /// Write the result to FILE (`-`: standard output) as it is, bytes of any type (a
+        /// PDF, a PNG); without it a JSON or text result is printed, and another kind only
+        /// when standard output is not a terminal.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
-    /// Print a succeeded job's result.
+    /// Print a succeeded job's result (or write it to a file with -o).
     Result {
         /// Job id, or its status URL.
         id: String,
+        /// Write the result to FILE (`-`: standard output) as it is, bytes of any type (a
+        /// PDF, a PNG); without it a JSON or text result is printed, and another kind only
+        /// when standard output is not a terminal.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Cancel a job.
     Cancel {
@@ -162,6 +178,7 @@ async fn run(cli: Cli) -> u8 {
             priority,
             idempotency_key,
             callback_url,
+            output,
         } => {
             let input = match read_input(&input) {
                 Ok(input) => input,
@@ -188,7 +205,7 @@ async fn run(cli: Cli) -> u8 {
                 if !json {
                     eprintln!("submitted {} ({})", handle.id, handle.location);
                 }
-                wait_for(&handle, timeout, json).await
+                wait_for(&handle, timeout, json, output.as_deref()).await
             } else {
                 match (&handle.submitted, json) {
                     (Some(doc), true) => print_json(doc),
@@ -223,20 +240,21 @@ async fn run(cli: Cli) -> u8 {
                 Err(e) => report(&e, json),
             }
         }
-        Command::Wait { id, timeout } => match handle(&client, &id) {
-            Ok(handle) => wait_for(&handle, timeout, json).await,
+        Command::Wait {
+            id,
+            timeout,
+            output,
+        } => match handle(&client, &id) {
+            Ok(handle) => wait_for(&handle, timeout, json, output.as_deref()).await,
             Err(e) => report(&e, json),
         },
-        Command::Result { id } => {
+        Command::Result { id, output } => {
             let handle = match handle(&client, &id) {
                 Ok(handle) => handle,
                 Err(e) => return report(&e, json),
             };
-            match handle.result::<Value>().await {
-                Ok(result) => {
-                    print_json(&result);
-                    OK
-                }
+            match handle.result_body().await {
+                Ok(body) => emit_result(&body, output.as_deref()),
                 Err(e) => report(&e, json),
             }
         }
@@ -388,7 +406,12 @@ fn read_input(source: &str) -> Result<Value, String> {
 }
 
 /// Waits, showing progress, and prints the outcome; returns the exit code.
-async fn wait_for(handle: &JobHandle, timeout: Option<f64>, json: bool) -> u8 {
+async fn wait_for(
+    handle: &JobHandle,
+    timeout: Option<f64>,
+    json: bool,
+    output: Option<&Path>,
+) -> u8 {
     let timeout = match timeout {
         None => Duration::from_secs(7 * 24 * 3600),
         Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
@@ -401,11 +424,63 @@ async fn wait_for(handle: &JobHandle, timeout: Option<f64>, json: bool) -> u8 {
     let outcome = handle.wait_with(timeout, |doc| progress.update(doc)).await;
     progress.finish();
     match outcome {
-        Ok(done) => {
-            print_json(&done.result);
-            OK
-        }
+        Ok(done) => emit_result(&done.body, output),
         Err(e) => report(&e, json),
+    }
+}
+
+/// Prints a result or writes it to `output`; returns the exit code. JSON is printed pretty,
+/// text as it is; bytes of another kind go to a file, or to standard output when that is not
+/// a terminal (a pipe, a redirect), never onto a terminal.
+fn emit_result(body: &ResultBody, output: Option<&Path>) -> u8 {
+    let write = |out: &mut dyn Write| out.write_all(&body.bytes).and_then(|()| out.flush());
+    match output {
+        Some(path) if path == Path::new("-") => match write(&mut std::io::stdout().lock()) {
+            Ok(()) => OK,
+            Err(e) => {
+                eprintln!("error: writing the result: {e}");
+                ERROR
+            }
+        },
+        Some(path) => match std::fs::File::create(path).and_then(|mut f| write(&mut f)) {
+            Ok(()) => {
+                eprintln!(
+                    "wrote {} bytes ({}) to {}",
+                    body.bytes.len(),
+                    body.media_type,
+                    path.display()
+                );
+                OK
+            }
+            Err(e) => {
+                eprintln!("error: writing the result to {}: {e}", path.display());
+                ERROR
+            }
+        },
+        None if body.is_json() => match body.json::<Value>() {
+            Ok(value) => {
+                print_json(&value);
+                OK
+            }
+            Err(e) => report(&e, false),
+        },
+        None if body.is_text() || !std::io::stdout().is_terminal() => {
+            match write(&mut std::io::stdout().lock()) {
+                Ok(()) => OK,
+                Err(e) => {
+                    eprintln!("error: writing the result: {e}");
+                    ERROR
+                }
+            }
+        }
+        None => {
+            eprintln!(
+                "the result is {} ({} bytes), not for a terminal: write it to a file with -o FILE",
+                body.media_type,
+                body.bytes.len()
+            );
+            ERROR
+        }
     }
 }
 
