@@ -31,7 +31,9 @@ enum Command {
     /// Inspect or replay the dead-letter queues (`<work queue>.dead`).
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
-    /// The job types this worker serves (its binary's, narrowed by `worker.types`).
+    /// The job types this worker serves (its binary's and those of `worker.job_types_file`,
+    /// narrowed by `worker.types`). `job-types list` also checks a job-types file: a bad one
+    /// is an error naming the file, the type and the problem (exit code 2).
     #[command(subcommand)]
     JobTypes(JobTypesCommand),
 }
