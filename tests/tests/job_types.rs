@@ -110,8 +110,10 @@ async fn a_worker_started_later_makes_its_type_accepted_and_run() {
 
     // A worker that serves only `echo` registers it; the running facade picks it up.
     stack.add_worker_with(&[("APP__WORKER__TYPES", "echo")]);
+    // The queue's depth shows once the facade has read it (it declares a type's queue when it
+    // learns the type, a moment after the registration).
     let types = wait_types(&stack, "echo registered by its worker", |t| {
-        t.len() == 1 && t[0]["workers"] == 1
+        t.len() == 1 && t[0]["workers"] == 1 && t[0]["queue"]["depth"].is_u64()
     })
     .await;
     let echo = &types[0];
