@@ -99,14 +99,17 @@ echo '{"done":true}'
         );
         let counter = f.path("counter");
         let pids = f.path("pids");
+        // Priorities like the built-ins, with which they share the queue.
         let any = r#"schema = { type = "object" }
-example = {}"#;
+example = {}
+priorities = true"#;
         let toml = format!(
             r#"
 [types.cmd_ok]
 description = "Echoes its input, argument, environment and directory."
 schema = {{ type = "object", required = ["name"], properties = {{ name = {{ type = "string" }} }} }}
 example = {{ name = "x" }}
+priorities = true
 [types.cmd_ok.command]
 argv = ["scripts/ok.sh", "{{name}}"]
 env = ["ARR_TEST_PASSED"]
@@ -115,6 +118,7 @@ env = ["ARR_TEST_PASSED"]
 description = "A PNG (of sorts)."
 schema = {{ type = "object", required = ["tag"], properties = {{ tag = {{ type = "string" }} }} }}
 example = {{ tag = "x" }}
+priorities = true
 [types.cmd_png.command]
 argv = ["./scripts/png.sh", "tag={{tag}}"]
 result_media_type = "image/png"
