@@ -80,6 +80,7 @@ exit 3
         f.script(
             "fork.sh",
             r#"echo "$PWD" > "$PIDS.dir"
+echo $$ > "$PIDS.main"
 ( sleep 300 & echo $! >> "$PIDS"; ( sleep 301 & echo $! >> "$PIDS"; wait ) & echo $! >> "$PIDS"; wait ) &
 echo $! >> "$PIDS"
 echo $$ >> "$PIDS"
@@ -519,6 +520,33 @@ async fn a_stopping_worker_leaves_no_process_behind() {
     );
     assert_all_gone(&pids, "after the worker stopped").await;
     assert!(!dir.exists(), "the run's directory {dir:?} is still there");
+}
+
+#[tokio::test]
+async fn a_killed_worker_takes_its_program_with_it() {
+    let f = Fixture::new();
+    let mut stack = Stack::start_with("cmd-sigkill", f.options()).await;
+    let location = stack
+        .submit_ok(&json!({"type": "cmd_fork_slow", "input": {}}))
+        .await;
+    wait_running(&stack, &location).await;
+    let pids = f.forked_pids().await;
+    let main: u32 = std::fs::read_to_string(f.path("pids.main"))
+        .expect("fork.sh wrote its pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert!(alive(main));
+
+    // SIGKILL: the worker cleans up nothing, but the kernel kills its direct child
+    // (PR_SET_PDEATHSIG). What that child started survives (documented): the test kills it.
+    stack.kill_worker(0);
+    assert_all_gone(&[main], "after the worker was killed").await;
+    for pid in pids.iter().filter(|&&p| alive(p)) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
 }
 
 #[tokio::test]

@@ -965,8 +965,76 @@ set_env = { PATH = "/bin" }"#,
         })
     }
 
+    /// Held by the tests that run programs: `kill_all` kills every one of this process.
+    static RUNS: Mutex<()> = Mutex::new(());
+
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+    }
+
+    #[test]
+    fn what_a_program_leaves_behind_goes_when_it_exits() {
+        let _runs = RUNS.lock().unwrap_or_else(|e| e.into_inner());
+        let pid_file =
+            std::env::temp_dir().join(format!("arr-command-pid-{}", uuid::Uuid::new_v4()));
+        let script = format!("sleep 300 & echo $! > {}; echo '[1]'", pid_file.display());
+        let (out, _) = run_once(&["sh", "-c", &script], "application/json", Value::Null);
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let _ = std::fs::remove_file(&pid_file);
+        // The background `sleep` kept stdout open: the run ended only because it was killed.
+        assert_eq!(out.unwrap(), Output::Json(serde_json::json!([1])));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while alive(pid.trim()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep {pid} outlived its job"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn kill_all_stops_every_running_program() {
+        let _runs = RUNS.lock().unwrap_or_else(|e| e.into_inner());
+        let program = program(&["sh", "-c", "sleep 300 & sleep 301"], "application/json");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let out = runtime.block_on(async {
+            let ctx = JobContext::detached_for("t", Default::default());
+            let run = run(&program, &Value::Null, &ctx);
+            tokio::pin!(run);
+            // Until the program runs (its group is registered), then stop them all.
+            loop {
+                tokio::select! {
+                    out = &mut run => break out,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                        let running = LIVE_GROUPS.lock().unwrap().as_ref().is_some_and(|g| !g.is_empty());
+                        if running {
+                            kill_all();
+                        }
+                    }
+                }
+            }
+        });
+        let failure = out.unwrap_err();
+        assert_eq!(failure.kind, JobErrorKind::Crashed, "{failure:?}");
+        assert!(
+            failure.message.starts_with("killed by signal 9"),
+            "{failure:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
     #[test]
     fn a_run_maps_exits_to_outcomes() {
+        let _runs = RUNS.lock().unwrap_or_else(|e| e.into_inner());
         let input = serde_json::json!({"name": "a b"});
         let (out, _) = run_once(&["sh", "-c", "cat", "x"], "application/json", input.clone());
         assert_eq!(out.unwrap(), Output::Json(input.clone()));
