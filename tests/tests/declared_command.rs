@@ -85,7 +85,7 @@ echo $$ > "$PIDS.main"
 echo $! >> "$PIDS"
 echo $$ >> "$PIDS"
 echo "progress 5 forked" >&2
-sleep 302
+exec sleep 302
 "#,
         );
         f.script("big.sh", "yes 'more output than allowed'\n");
@@ -547,6 +547,8 @@ async fn a_killed_worker_takes_its_program_with_it() {
             .args(["-KILL", &pid.to_string()])
             .status();
     }
+    // Its run directory stays too (nobody was left to remove it).
+    let _ = std::fs::remove_dir_all(f.fork_dir());
 }
 
 #[tokio::test]

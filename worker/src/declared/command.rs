@@ -41,7 +41,8 @@
 //!   killed with SIGKILL: nothing the program started outlives its job. A program that leaves
 //!   its group on purpose (`setsid`) is beyond this. If the worker itself is killed with
 //!   SIGKILL, the program is killed with it (`PR_SET_PDEATHSIG`, Linux), but processes it
-//!   started are not.
+//!   started are not, and its directory (`arr-job-<id>-<attempt>-<random>` under the temp
+//!   directory) stays.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::os::unix::fs::PermissionsExt;
@@ -462,7 +463,7 @@ impl Tail {
         text[start..].to_owned()
     }
 
-    /// `: <tail>` for a message, or nothing when stderr said nothing.
+    /// `; stderr: <tail>` to end a message with, or nothing when stderr said nothing.
     fn suffix(&self) -> String {
         let text = self.text();
         if text.trim().is_empty() {
