@@ -1104,6 +1104,13 @@ set_env = { PATH = "/bin" }"#,
             input.clone(),
         );
         assert!(out.unwrap_err().message.starts_with("stdout is not JSON"));
+        let (out, _) = run_once(&["sh", "-c", "yes >&2"], "text/plain", input.clone());
+        let message = out.unwrap_err().message;
+        assert!(
+            message.contains("more than 1048576 bytes to stderr")
+                && message.contains("max_stderr_bytes"),
+            "{message}"
+        );
         let (out, _) = run_once(&["sh", "-c", "yes"], "text/plain", input);
         let message = out.unwrap_err().message;
         assert!(
