@@ -76,6 +76,10 @@ pub async fn run(
     }
     .run(shutdown)
     .await;
+    // The drain may have ended with runs still going (or left some running in the background
+    // after a connection loss); the process exits without dropping them, so the programs of
+    // `command` jobs would outlive it.
+    crate::declared::command::kill_all();
     // Leave the fleet registry before exiting (its jobs and deliveries are drained, or back in
     // their queues, by now).
     fleet.stop().await;

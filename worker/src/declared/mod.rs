@@ -22,8 +22,9 @@
 //!
 //! URLs and programs come only from the file. Input fields may fill `{name}` placeholders, and
 //! only fields the schema declares as required top-level properties of a scalar type: in an
-//! `http` URL's path or query (URL-encoded; never in the scheme, host or port), or as a whole
-//! `command` argument.
+//! `http` URL's path or query (URL-encoded; never in the scheme, host or port), or in a
+//! `command` argument (as text, into that one argument; never the program: see
+//! [`command`]).
 
 pub mod command;
 pub mod http;
