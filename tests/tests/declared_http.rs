@@ -437,7 +437,7 @@ async fn synchronous_backends_results_and_failures() {
     // Over max_result_bytes: fails, naming the limit.
     let doc = finished(&stack, &big_job, Duration::from_secs(20)).await;
     assert_eq!(doc["status"], "failed", "{doc}");
-    let message = doc["error"]["message"].as_str().unwrap();
+    let message = doc["error"]["detail"].as_str().unwrap();
     assert!(message.contains("max_result_bytes (1000 bytes)"), "{message}");
 
     // A value with / ? # & arrives encoded, in one segment and one query component.
@@ -452,7 +452,7 @@ async fn synchronous_backends_results_and_failures() {
     assert_eq!(doc["status"], "failed", "{doc}");
     let (status, _) = stack.poll(&bad_job).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    let message = doc["error"]["message"].as_str().unwrap();
+    let message = doc["error"]["detail"].as_str().unwrap();
     assert!(message.contains("the name is too short"), "{message}");
     assert!(message.contains("400"), "{message}");
     assert_eq!(doc["error"]["backend"]["title"], "Bad input", "{doc}");
@@ -463,7 +463,7 @@ async fn synchronous_backends_results_and_failures() {
     assert_eq!(doc["status"], "failed", "{doc}");
     let (status, _) = stack.poll(&denied_job).await;
     assert_eq!(status, StatusCode::FAILED_DEPENDENCY);
-    let message = doc["error"]["message"].as_str().unwrap();
+    let message = doc["error"]["detail"].as_str().unwrap();
     assert!(
         message.contains("403") && message.contains("no entry for you"),
         "{message}"
@@ -509,7 +509,7 @@ async fn asynchronous_backends_are_polled_and_canceled() {
     // A Location on another host is refused (and not fetched).
     let doc = finished(&stack, &elsewhere_job, Duration::from_secs(20)).await;
     assert_eq!(doc["status"], "failed", "{doc}");
-    let message = doc["error"]["message"].as_str().unwrap();
+    let message = doc["error"]["detail"].as_str().unwrap();
     assert!(message.contains("another origin"), "{message}");
     assert!(message.contains("localhost"), "{message}");
 
@@ -559,9 +559,10 @@ async fn transient_failures_are_retried_after_retry_after_and_timeouts_fail() {
 
     let doc = finished(&stack, &hang_job, Duration::from_secs(30)).await;
     assert_eq!(doc["status"], "failed", "{doc}");
-    let message = doc["error"]["message"].as_str().unwrap();
+    let message = doc["error"]["detail"].as_str().unwrap();
     assert!(message.contains("timed out"), "{message}");
-    assert_eq!(doc["error"]["retryable"], true, "{doc}");
+    // Transient: it would have been retried, had the type allowed more than one attempt.
+    assert_eq!(doc["error"]["kind"], "retries-exhausted", "{doc}");
 }
 
 #[tokio::test]
