@@ -10,8 +10,8 @@
 //! read-only ([`Purpose::Progress`] signatures, for `POST /v1/jobs/{id}/progress`, sign another
 //! message).
 
-pub use shared::signing::{Purpose, SignatureParams};
 use shared::access::SigningSettings;
+pub use shared::signing::{Purpose, SignatureParams};
 use shared::{JobId, Tenant};
 
 use crate::error::ApiError;

@@ -69,7 +69,11 @@ impl Backend {
     }
 }
 
-async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<BackendState>) -> HttpResponse {
+async fn handle(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<BackendState>,
+) -> HttpResponse {
     let path = req.uri().path().to_owned();
     let method = req.method().to_string();
     state.seen.lock().unwrap().push(Seen {
@@ -383,11 +387,19 @@ async fn synchronous_backends_results_and_failures() {
 
     let doc = finished(&stack, &json_job, Duration::from_secs(20)).await;
     assert_eq!(doc["status"], "succeeded", "{doc}");
-    let result = stack.http.get(stack.url(&format!("{}/result", path_of(&json_job))));
+    let result = stack
+        .http
+        .get(stack.url(&format!("{}/result", path_of(&json_job))));
     let result = result.send().await.unwrap();
     assert_eq!(result.status(), StatusCode::OK);
-    let content_type = result.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(content_type.starts_with("application/json"), "{content_type}");
+    let content_type = result.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
     assert_eq!(result.json::<Value>().await.unwrap(), json!({"answer": 42}));
     let id = job_id(path_of(&json_job)).to_owned();
     let seen = backend.seen("POST", "/json");
@@ -403,7 +415,10 @@ async fn synchronous_backends_results_and_failures() {
     );
     // The trace goes on: same trace id, the worker's span as parent.
     let sent = &request.headers["traceparent"];
-    assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{sent}");
+    assert!(
+        sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{sent}"
+    );
     // The HMAC signs timestamp.body as webhooks do.
     let timestamp = &request.headers["webhook-timestamp"];
     let mut mac = Hmac::<Sha256>::new_from_slice(HMAC_SECRET.as_bytes()).unwrap();
@@ -438,7 +453,10 @@ async fn synchronous_backends_results_and_failures() {
     let doc = finished(&stack, &big_job, Duration::from_secs(20)).await;
     assert_eq!(doc["status"], "failed", "{doc}");
     let message = doc["error"]["detail"].as_str().unwrap();
-    assert!(message.contains("max_result_bytes (1000 bytes)"), "{message}");
+    assert!(
+        message.contains("max_result_bytes (1000 bytes)"),
+        "{message}"
+    );
 
     // A value with / ? # & arrives encoded, in one segment and one query component.
     let doc = finished(&stack, &seg_job, Duration::from_secs(20)).await;
@@ -476,7 +494,12 @@ async fn asynchronous_backends_are_polled_and_canceled() {
     let (backend, stack) = fixture("http-async").await;
     let async_job = submit(&stack, "h-async", json!({})).await;
     let elsewhere_job = submit(&stack, "h-elsewhere", json!({})).await;
-    let chain_job = submit(&stack, "h-chain", json!({"type": "echo", "input": {"hi": 1}})).await;
+    let chain_job = submit(
+        &stack,
+        "h-chain",
+        json!({"type": "echo", "input": {"hi": 1}}),
+    )
+    .await;
     let slow_job = submit(&stack, "h-slow", json!({})).await;
 
     // 202 + Location, polled: the monitor's progress shows while running, then the result.
@@ -524,7 +547,10 @@ async fn asynchronous_backends_are_polled_and_canceled() {
     // Cancel while the monitor is being polled: the monitor gets a DELETE, confirmed.
     let deadline = Instant::now() + Duration::from_secs(20);
     while backend.seen("GET", "/slowmon").is_empty() {
-        assert!(Instant::now() < deadline, "the slow monitor was never polled");
+        assert!(
+            Instant::now() < deadline,
+            "the slow monitor was never polled"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let response = stack.cancel(path_of(&slow_job)).await;
@@ -533,7 +559,10 @@ async fn asynchronous_backends_are_polled_and_canceled() {
     assert_eq!(doc["status"], "canceled", "{doc}");
     assert_eq!(doc["backend_cancel"]["confirmed"], true, "{doc}");
     let detail = doc["backend_cancel"]["detail"].as_str().unwrap();
-    assert!(detail.contains("DELETE") && detail.contains("204"), "{detail}");
+    assert!(
+        detail.contains("DELETE") && detail.contains("204"),
+        "{detail}"
+    );
     assert_eq!(backend.seen("DELETE", "/slowmon").len(), 1);
 }
 

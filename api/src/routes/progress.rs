@@ -39,8 +39,14 @@ fn report(body: &Value) -> Result<Progress, ApiError> {
     let object = body
         .as_object()
         .ok_or_else(|| invalid("percent", "the body must be an object {\"percent\": 0-100}"))?;
-    if let Some(unknown) = object.keys().find(|k| !matches!(k.as_str(), "percent" | "message")) {
-        return Err(invalid(unknown, "unknown field (percent and message are known)"));
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !matches!(k.as_str(), "percent" | "message"))
+    {
+        return Err(invalid(
+            unknown,
+            "unknown field (percent and message are known)",
+        ));
     }
     let percent = object
         .get("percent")
@@ -108,7 +114,12 @@ pub async fn progress(
     let (tenant, _) = state.signer.verify_for(Purpose::Progress, &id, &params)?;
     let body = read_json(&req, payload, 16 * 1024, &state.settings.limits).await?;
     let progress = report(&body)?;
-    match state.store.for_tenant(&tenant).set_progress(&id, progress).await? {
+    match state
+        .store
+        .for_tenant(&tenant)
+        .set_progress(&id, progress)
+        .await?
+    {
         ProgressWrite::Written => Ok(HttpResponse::NoContent().finish()),
         ProgressWrite::Missing => Err(ApiError::JobNotFound),
         ProgressWrite::NotRunning(status) => Err(ApiError::ProgressRefused(format!(

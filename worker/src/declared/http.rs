@@ -151,7 +151,12 @@ pub fn build(
             "url '{url}' carries credentials; put them in a header (headers = {{ Authorization = \"…${{TOKEN}}\" }})"
         ));
     }
-    let method = match spec.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
+    let method = match spec
+        .method
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
         None | Some("POST") => Method::POST,
         Some("PUT") => Method::PUT,
         Some("PATCH") => Method::PATCH,
@@ -212,8 +217,7 @@ pub fn build(
             key_file: "",
         })
         .map_err(|e| e.replacen("http.tls_ca_file", "ca_file", 1))?;
-        let pem =
-            std::fs::read(&path).map_err(|e| format!("ca_file: cannot read {shown}: {e}"))?;
+        let pem = std::fs::read(&path).map_err(|e| format!("ca_file: cannot read {shown}: {e}"))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("ca_file: {shown}: {e}"))?;
         client = client.tls_certs_only(certs);
@@ -235,15 +239,18 @@ pub fn build(
         if base.is_empty() || !signer.enabled() {
             None
         } else {
-            Url::parse(base).map_err(|e| {
-                format!("worker.progress_base_url '{base}' is not a URL: {e}")
-            })?;
+            Url::parse(base)
+                .map_err(|e| format!("worker.progress_base_url '{base}' is not a URL: {e}"))?;
             Some((signer, base.to_owned()))
         }
     };
     // A progress URL outlives the longest run (the backend may post until it answers).
-    let progress_ttl = (context.settings.signing.ttl_seconds.max(context.max_run_seconds + 60))
-        .min(i64::MAX as u64) as i64;
+    let progress_ttl = (context
+        .settings
+        .signing
+        .ttl_seconds
+        .max(context.max_run_seconds + 60))
+    .min(i64::MAX as u64) as i64;
     let backend = Arc::new(Backend {
         name: context.name.to_owned(),
         origin: parsed.origin(),
@@ -282,10 +289,7 @@ fn parse_template(url: &str, context: &TypeContext<'_>) -> Result<Template, Stri
         .map_or(url.len(), |i| after_scheme + i);
     let (origin, rest) = url.split_at(path_at);
     let origin_pieces = super::placeholders(origin).map_err(|e| format!("url: {e}"))?;
-    if origin_pieces
-        .iter()
-        .any(|p| matches!(p, Segment::Field(_)))
-    {
+    if origin_pieces.iter().any(|p| matches!(p, Segment::Field(_))) {
         return Err(format!(
             "url '{url}': placeholders may fill the path and query only, never the scheme, host or port"
         ));
@@ -553,9 +557,12 @@ impl Backend {
                 .header(webhooks::ID_HEADER, &id);
         }
         if let Some((signer, base)) = &self.progress {
-            if let Some(query) =
-                signer.sign_for(Purpose::Progress, ctx.tenant(), &ctx.job_id(), self.progress_ttl)
-            {
+            if let Some(query) = signer.sign_for(
+                Purpose::Progress,
+                ctx.tenant(),
+                &ctx.job_id(),
+                self.progress_ttl,
+            ) {
                 request = request.header(
                     PROGRESS_URL_HEADER,
                     format!("{base}/v1/jobs/{id}/progress?{query}"),
@@ -626,9 +633,10 @@ impl Backend {
                 };
                 let result_url = self.follow(&monitor, &location, &what)?;
                 let result_what = format!("GET {}", shown(&result_url));
-                let response = self.get(&result_url).await.map_err(|e| {
-                    JobFailure::transient(format!("{result_what} failed: {e}"))
-                })?;
+                let response = self
+                    .get(&result_url)
+                    .await
+                    .map_err(|e| JobFailure::transient(format!("{result_what} failed: {e}")))?;
                 if response.status().is_success() {
                     return self.result(response, &result_what).await;
                 }
@@ -636,8 +644,8 @@ impl Backend {
             }
             if status == StatusCode::ACCEPTED || status == StatusCode::OK {
                 let media = media_type(response.headers());
-                let waiting = status == StatusCode::ACCEPTED
-                    || response.headers().contains_key(RETRY_AFTER);
+                let waiting =
+                    status == StatusCode::ACCEPTED || response.headers().contains_key(RETRY_AFTER);
                 delay = self.poll_delay(response.headers());
                 let body = self.body(&mut response, &what).await?;
                 let doc: Option<Value> = if is_json(&media) {
@@ -691,7 +699,9 @@ impl Backend {
                     "{what}: the answer is larger than the type's max_result_bytes ({} bytes)",
                     self.max_result_bytes
                 )),
-                Some(why) => JobFailure::transient(format!("{what}: reading the answer failed: {why}")),
+                Some(why) => {
+                    JobFailure::transient(format!("{what}: reading the answer failed: {why}"))
+                }
             })
     }
 
@@ -776,10 +786,15 @@ impl Backend {
                     format!("DELETE {url} answered {status}"),
                 );
             }
-            Ok(Err(e)) => ctx.backend_canceled(false, format!("DELETE {url} failed: {}", describe(e))),
+            Ok(Err(e)) => {
+                ctx.backend_canceled(false, format!("DELETE {url} failed: {}", describe(e)))
+            }
             Err(_) => ctx.backend_canceled(
                 false,
-                format!("DELETE {url} had no answer within {} s", DELETE_TIMEOUT.as_secs()),
+                format!(
+                    "DELETE {url} had no answer within {} s",
+                    DELETE_TIMEOUT.as_secs()
+                ),
             ),
         }
     }
@@ -937,7 +952,12 @@ method = "put""#,
             b.follow(&base, "/jobs/7", "POST").unwrap().as_str(),
             "http://h:1/jobs/7"
         );
-        for other in ["http://evil:1/x", "http://h:2/x", "https://h:1/x", "//evil/x"] {
+        for other in [
+            "http://evil:1/x",
+            "http://h:2/x",
+            "https://h:1/x",
+            "//evil/x",
+        ] {
             let e = b.follow(&base, other, "POST").unwrap_err();
             assert!(e.message.contains("another origin"), "{other}: {e}");
             assert!(!e.retryable);
@@ -960,7 +980,10 @@ method = "put""#,
             read_status(&serde_json::json!({"status": "failed"})),
             Reading::Failed("failed".into())
         );
-        assert_eq!(read_status(&serde_json::json!({"answer": 42})), Reading::Done);
+        assert_eq!(
+            read_status(&serde_json::json!({"answer": 42})),
+            Reading::Done
+        );
     }
 
     #[test]
@@ -974,7 +997,10 @@ method = "put""#,
             HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
         );
         let wait = retry_after(&h).unwrap();
-        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
+            "{wait:?}"
+        );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
     }
