@@ -269,6 +269,13 @@ max_attempts = 1
 url = "${ARR_E2E_BACKEND}/hang"
 timeout_seconds = 1
 
+[types.h-wait]
+description = "Never answers, for longer."
+example = {}
+schema = { type = "object" }
+[types.h-wait.http]
+url = "${ARR_E2E_BACKEND}/hang"
+
 [types.h-async]
 description = "An asynchronous backend."
 example = {}
@@ -585,6 +592,21 @@ async fn transient_failures_are_retried_after_retry_after_and_timeouts_fail() {
         seen[0].headers["idempotency-key"],
         seen[1].headers["idempotency-key"]
     );
+
+    // A synchronous request canceled: aborted, and said to be unconfirmed.
+    let wait_job = submit(&stack, "h-wait", json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while backend.seen("POST", "/hang").len() < 2 {
+        assert!(Instant::now() < deadline, "the waiting request never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = stack.cancel(path_of(&wait_job)).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let doc = finished(&stack, &wait_job, Duration::from_secs(20)).await;
+    assert_eq!(doc["status"], "canceled", "{doc}");
+    assert_eq!(doc["backend_cancel"]["confirmed"], false, "{doc}");
+    let detail = doc["backend_cancel"]["detail"].as_str().unwrap();
+    assert!(detail.contains("aborted"), "{detail}");
 
     let doc = finished(&stack, &hang_job, Duration::from_secs(30)).await;
     assert_eq!(doc["status"], "failed", "{doc}");

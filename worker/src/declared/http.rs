@@ -405,12 +405,15 @@ fn is_json(media_type: &str) -> bool {
 enum Reading {
     Working,
     Failed(String),
+    /// A status that is neither working nor failed (`succeeded`, `done`, …).
     Done,
+    /// No `status` (or not JSON): the answer's code and `Retry-After` decide.
+    Silent,
 }
 
 fn read_status(doc: &Value) -> Reading {
     let Some(status) = doc.get("status").and_then(Value::as_str) else {
-        return Reading::Done;
+        return Reading::Silent;
     };
     let status = status.to_ascii_lowercase();
     if WORKING.contains(&status.as_str()) {
@@ -644,8 +647,7 @@ impl Backend {
             }
             if status == StatusCode::ACCEPTED || status == StatusCode::OK {
                 let media = media_type(response.headers());
-                let waiting =
-                    status == StatusCode::ACCEPTED || response.headers().contains_key(RETRY_AFTER);
+                let retry_after_given = response.headers().contains_key(RETRY_AFTER);
                 delay = self.poll_delay(response.headers());
                 let body = self.body(&mut response, &what).await?;
                 let doc: Option<Value> = if is_json(&media) {
@@ -653,14 +655,20 @@ impl Backend {
                 } else {
                     None
                 };
-                let reading = doc.as_ref().map_or(Reading::Done, read_status);
+                let reading = doc.as_ref().map_or(Reading::Silent, read_status);
                 if let Reading::Failed(state) = &reading {
                     return Err(JobFailure::permanent(format!(
                         "{what} answered {status}: the backend's job is {state}: {}",
                         excerpt(&body)
                     )));
                 }
-                if waiting || reading == Reading::Working {
+                // Still at it: a 202, a document that says so, or a 200 that says nothing but
+                // asks to be polled again (`Retry-After`). A 200 whose document says it is done
+                // is the result, whatever its headers.
+                let waiting = status == StatusCode::ACCEPTED
+                    || reading == Reading::Working
+                    || (reading == Reading::Silent && retry_after_given);
+                if waiting {
                     if let Some((percent, message)) = doc.as_ref().and_then(read_progress) {
                         ctx.progress(percent, message).await;
                     }
@@ -849,6 +857,8 @@ mod tests {
         };
         let template = parse_template(url, &context).unwrap();
         let origin = Url::parse(&template_sample(&template)).unwrap().origin();
+        // reqwest needs a process-wide provider (as `build` installs it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Arc::new(Backend {
             name: "t".into(),
             template,
@@ -982,6 +992,10 @@ method = "put""#,
         );
         assert_eq!(
             read_status(&serde_json::json!({"answer": 42})),
+            Reading::Silent
+        );
+        assert_eq!(
+            read_status(&serde_json::json!({"status": "succeeded"})),
             Reading::Done
         );
     }
