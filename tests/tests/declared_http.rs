@@ -620,6 +620,15 @@ async fn transient_failures_are_retried_after_retry_after_and_timeouts_fail() {
 async fn a_synchronous_backend_posts_progress_to_its_signed_url() {
     let (backend, stack) = fixture("http-progress").await;
     let location = submit(&stack, "h-progress", json!({})).await;
+    // The event stream, read to its end (it closes after the job's last change).
+    let events = stack
+        .http
+        .get(stack.url(&format!("{}/events", path_of(&location))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let events = tokio::spawn(events.text());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let doc = stack.status_doc(&location).await;
@@ -675,6 +684,21 @@ async fn a_synchronous_backend_posts_progress_to_its_signed_url() {
 
     let doc = finished(&stack, &location, Duration::from_secs(20)).await;
     assert_eq!(doc["status"], "succeeded", "{doc}");
+    let events = tokio::time::timeout(Duration::from_secs(10), events)
+        .await
+        .expect("the event stream closed")
+        .unwrap()
+        .unwrap();
+    assert!(
+        events
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .any(|d| d["status"] == "running"
+                && d["progress"]["percent"] == 30.0
+                && d["progress"]["message"] == "posting"),
+        "the posted progress is not in the event stream: {events}"
+    );
     // Once finished, progress is refused (409), and the document keeps its outcome.
     let response = stack
         .http
