@@ -134,21 +134,23 @@ pub fn build(
     context: &TypeContext<'_>,
 ) -> Result<(ErasedHandler, Duration), String> {
     let url = super::expand_env(&spec.url).map_err(|e| format!("url: {e}"))?;
-    let template = parse_template(&url, context)?;
+    // Messages quote the URL as written: what `${VAR}` expands to may be a secret.
+    let written = spec.url.as_str();
+    let template = parse_template(&url, written, context)?;
     let sample = template_sample(&template);
-    let parsed = Url::parse(&sample).map_err(|e| format!("url '{url}' is not a URL: {e}"))?;
+    let parsed = Url::parse(&sample).map_err(|e| format!("url '{written}' is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!(
-            "url '{url}' must be http:// or https:// (not {}:)",
+            "url '{written}' must be http:// or https:// (not {}:)",
             parsed.scheme()
         ));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("url '{url}' has no host"));
+        return Err(format!("url '{written}' has no host"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(format!(
-            "url '{url}' carries credentials; put them in a header (headers = {{ Authorization = \"…${{TOKEN}}\" }})"
+            "url '{written}' carries credentials; put them in a header (headers = {{ Authorization = \"…${{TOKEN}}\" }})"
         ));
     }
     let method = match spec
@@ -274,16 +276,16 @@ pub fn build(
 
 /// Splits `url` at the start of its path; placeholders before it (scheme, host, port) are
 /// refused, those after it must name required scalar input fields.
-fn parse_template(url: &str, context: &TypeContext<'_>) -> Result<Template, String> {
+fn parse_template(url: &str, written: &str, context: &TypeContext<'_>) -> Result<Template, String> {
     if url.contains('#') {
         return Err(format!(
-            "url '{url}' has a fragment (#…), which is never sent"
+            "url '{written}' has a fragment (#…), which is never sent"
         ));
     }
     let after_scheme = url
         .find("://")
         .map(|i| i + 3)
-        .ok_or_else(|| format!("url '{url}' must start with http:// or https://"))?;
+        .ok_or_else(|| format!("url '{written}' must start with http:// or https://"))?;
     let path_at = url[after_scheme..]
         .find(['/', '?'])
         .map_or(url.len(), |i| after_scheme + i);
@@ -291,7 +293,7 @@ fn parse_template(url: &str, context: &TypeContext<'_>) -> Result<Template, Stri
     let origin_pieces = super::placeholders(origin).map_err(|e| format!("url: {e}"))?;
     if origin_pieces.iter().any(|p| matches!(p, Segment::Field(_))) {
         return Err(format!(
-            "url '{url}': placeholders may fill the path and query only, never the scheme, host or port"
+            "url '{written}': placeholders may fill the path and query only, never the scheme, host or port"
         ));
     }
     let origin = origin_pieces
@@ -855,7 +857,7 @@ mod tests {
             max_run_seconds: 5,
             settings: &settings,
         };
-        let template = parse_template(url, &context).unwrap();
+        let template = parse_template(url, url, &context).unwrap();
         let origin = Url::parse(&template_sample(&template)).unwrap().origin();
         // reqwest needs a process-wide provider (as `build` installs it).
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -913,12 +915,24 @@ method = "put""#,
         assert!(e.contains("http:// or https://"), "{e}");
         let e = build_with(r#"url = "http://u:p@h/""#).unwrap_err();
         assert!(e.contains("credentials"), "{e}");
+        std::env::set_var("ARR_HTTP_TEST_SECRET_URL", "http://u:hunter2@h/");
+        let e = build_with(r#"url = "${ARR_HTTP_TEST_SECRET_URL}""#).unwrap_err();
+        assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
         let e = build_with("url = \"http://h/\"\nheaders = { \"Bad Name\" = \"x\" }").unwrap_err();
         assert!(e.contains("not a valid header name"), "{e}");
         let e = build_with("url = \"http://h/\"\nheaders = { X = \"a\\nb\" }").unwrap_err();
         assert!(e.contains("not a valid header value"), "{e}");
         let e = build_with("url = \"http://h/\"\nca_file = \"/nonexistent/ca.pem\"").unwrap_err();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+        let not_pem = std::env::temp_dir().join(format!("arr-http-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let e = build_with(&format!(
+            "url = \"http://h/\"\nca_file = {:?}",
+            not_pem.display().to_string()
+        ))
+        .unwrap_err();
+        std::fs::remove_file(&not_pem).unwrap();
+        assert!(e.starts_with("ca_file") && e.contains("PEM"), "{e}");
     }
 
     #[test]
