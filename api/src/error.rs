@@ -60,6 +60,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
+    /// A backend's progress for a job that is not running (or could not be written now).
+    #[error("{0}")]
+    ProgressRefused(String),
     #[error("too many requests with this API key; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("this API key has {limit} long-polls or event streams open already")]
@@ -124,6 +127,9 @@ impl ApiError {
                 Problem::new(status, "unauthorized", "Authentication required")
             }
             ApiError::Forbidden(_) => Problem::new(status, "forbidden", "Forbidden"),
+            ApiError::ProgressRefused(_) => {
+                Problem::new(status, "job-not-running", "The job is not running")
+            }
             ApiError::HeadersTooLarge { .. } => Problem::new(
                 status,
                 "headers-too-large",
@@ -164,6 +170,7 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::ProgressRefused(_) => StatusCode::CONFLICT,
             ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RateLimited { .. } | ApiError::TooManyWaits { .. } => {
                 StatusCode::TOO_MANY_REQUESTS

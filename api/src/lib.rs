@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod notifier;
 pub mod openapi;
 pub mod problem;
+pub mod progress;
 pub mod routes;
 pub mod signing;
 pub mod startup;

@@ -92,6 +92,7 @@ and 5xx body is `application/problem+json` (RFC 9457). Swagger UI: `/docs`.",
         routes::list::list,
         routes::jobs::status,
         routes::cancel::cancel,
+        routes::progress::progress,
         routes::jobs::result,
         routes::events::events,
         routes::job_types::list,
@@ -907,6 +908,15 @@ fn response_json(name: &str) -> Option<Value> {
                 {"$ref": "#/components/schemas/JobProblem"},
             ]}}},
         }),
+        "ProgressConflict" => problem(
+            "The job is not running (queued, or finished): progress is recorded only while it runs.",
+            "Problem",
+        ),
+        "ProgressUnprocessable" => problem(
+            "The body is not a progress report `{\"percent\": 0-100, \"message\": \"…\"}` \
+             (`errors` names the field).",
+            "ValidationProblem",
+        ),
         "InvalidParameter" => problem(
             "A query parameter is unknown, repeated or not valid (`parameter` names it).",
             "ParameterProblem",
@@ -982,6 +992,8 @@ responses!(
     UnsupportedMediaType,
     SubmitUnprocessable,
     InvalidParameter,
+    ProgressConflict,
+    ProgressUnprocessable,
     TooManyRequests,
     Unavailable,
 );

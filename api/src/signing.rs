@@ -1,154 +1,70 @@
 //! Signed status URLs (the valet-key pattern): a `Location` can carry `tenant`, `exp`, `kid`
 //! and `sig` query parameters, so that whoever holds the URL (a browser, a third party) may read
-//! that one job's status, result and events until `exp` without an API key.
+//! that one job's status, result and events until `exp` without an API key. The signature
+//! itself is `shared::signing`'s (the worker signs progress URLs with it too); this wraps it
+//! in the facade's error type.
 //!
-//! `sig` is the URL-safe base64 HMAC-SHA256, under key `kid`, of `arr-v1\n<job id>\n<tenant>\n
-//! <exp>`: it binds the job, its tenant and the expiry, so changing any of them (or the key id)
-//! breaks it. It does not bind the path, so one URL's parameters serve the status monitor, the
-//! result and the event stream of its job alike, and only those: they are read-only.
-//!
-//! Keys rotate: the newest key without an end signs; every configured key verifies until its
-//! end, so URLs handed out before a rotation keep working until then.
+//! A read signature binds the job, its tenant and the expiry, so changing any of them (or the
+//! key id) breaks it. It does not bind the path, so one URL's parameters serve the status
+//! monitor, the result and the event stream of its job alike, and only those: they are
+//! read-only ([`Purpose::Progress`] signatures, for `POST /v1/jobs/{id}/progress`, sign another
+//! message).
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use chrono::Utc;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use shared::access::{SigningKey, SigningSettings};
+use shared::access::SigningSettings;
+pub use shared::signing::{Purpose, SignatureParams};
 use shared::{JobId, Tenant};
 
 use crate::error::ApiError;
 
-type HmacSha256 = Hmac<Sha256>;
-
-/// The query parameters of a signed URL, as read from a request.
-#[derive(Debug, Default)]
-pub struct SignatureParams {
-    pub tenant: Option<String>,
-    pub exp: Option<String>,
-    pub kid: Option<String>,
-    pub sig: Option<String>,
-}
-
-impl SignatureParams {
-    /// The signature parameters in `query`, if it has any of them.
-    pub fn from_query(query: &str) -> Option<Self> {
-        let mut params = SignatureParams::default();
-        let mut any = false;
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            let slot = match name.as_ref() {
-                "tenant" => &mut params.tenant,
-                "exp" => &mut params.exp,
-                "kid" => &mut params.kid,
-                "sig" => &mut params.sig,
-                _ => continue,
-            };
-            any = true;
-            // A parameter given twice is ambiguous: refuse rather than pick one.
-            if slot.replace(value.into_owned()).is_some() {
-                return Some(SignatureParams {
-                    sig: None,
-                    ..SignatureParams::default()
-                });
-            }
-        }
-        any.then_some(params)
-    }
-}
-
 pub struct Signer {
-    keys: Vec<SigningKey>,
-    ttl_seconds: i64,
-}
-
-fn forbidden(why: &str) -> ApiError {
-    ApiError::Forbidden(format!("invalid signed URL: {why}"))
+    inner: shared::signing::Signer,
 }
 
 impl Signer {
     pub fn new(settings: &SigningSettings) -> Result<Self, String> {
         Ok(Signer {
-            keys: settings.parsed()?,
-            ttl_seconds: settings.ttl_seconds.min(i64::MAX as u64) as i64,
+            inner: shared::signing::Signer::new(settings)?,
         })
     }
 
     pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
-    fn mac(key: &SigningKey, id: &JobId, tenant: &str, exp: i64) -> HmacSha256 {
-        // HMAC takes a key of any length, so this cannot fail.
-        let mut mac = HmacSha256::new_from_slice(&key.secret).expect("HMAC accepts any key");
-        mac.update(format!("arr-v1\n{id}\n{tenant}\n{exp}").as_bytes());
-        mac
+        self.inner.enabled()
     }
 
     /// The query string that lets the holder read `tenant`'s job `id` until now + ttl (never
     /// past the signing key's end); `None` when no key can sign now.
     pub fn sign(&self, tenant: &Tenant, id: &JobId) -> Option<String> {
-        let now = Utc::now();
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.not_after.is_none_or(|end| end > now))?;
-        let mut exp = now.timestamp().saturating_add(self.ttl_seconds);
-        if let Some(end) = key.not_after {
-            exp = exp.min(end.timestamp());
-        }
-        let sig = URL_SAFE_NO_PAD.encode(
-            Self::mac(key, id, tenant.as_str(), exp)
-                .finalize()
-                .into_bytes(),
-        );
-        Some(format!(
-            "tenant={tenant}&exp={exp}&kid={}&sig={sig}",
-            key.id
-        ))
+        self.inner.sign(Purpose::Read, tenant, id)
     }
 
-    /// Checks a signature for job `id`; the tenant it grants, and the canonical query to put on
-    /// the `Location`s of the answer. Every failure is a 403 that says which check failed.
+    /// Checks a read signature for job `id`; the tenant it grants, and the canonical query to
+    /// put on the `Location`s of the answer. Every failure is a 403 that says which check
+    /// failed.
     pub fn verify(
         &self,
         id: &JobId,
         params: &SignatureParams,
     ) -> Result<(Tenant, String), ApiError> {
-        let (Some(tenant), Some(exp), Some(kid), Some(sig)) =
-            (&params.tenant, &params.exp, &params.kid, &params.sig)
-        else {
-            return Err(forbidden("it needs each of tenant, exp, kid and sig once"));
-        };
-        let tenant = Tenant::parse(tenant).map_err(|_| forbidden("bad tenant"))?;
-        let exp: i64 = exp.parse().map_err(|_| forbidden("bad exp"))?;
-        let now = Utc::now();
-        if exp <= now.timestamp() {
-            return Err(forbidden("it has expired"));
-        }
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.id == *kid)
-            .ok_or_else(|| forbidden("unknown key id"))?;
-        if key.not_after.is_some_and(|end| end <= now) {
-            return Err(forbidden("its key has been retired"));
-        }
-        let given = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| forbidden("bad sig encoding"))?;
-        // `verify_slice` compares in constant time.
-        Self::mac(key, id, tenant.as_str(), exp)
-            .verify_slice(&given)
-            .map_err(|_| forbidden("the signature does not match"))?;
-        let canonical = format!("tenant={tenant}&exp={exp}&kid={kid}&sig={sig}");
-        Ok((tenant, canonical))
+        self.verify_for(Purpose::Read, id, params)
+    }
+
+    /// As [`verify`](Self::verify), for a signature granting `purpose`.
+    pub fn verify_for(
+        &self,
+        purpose: Purpose,
+        id: &JobId,
+        params: &SignatureParams,
+    ) -> Result<(Tenant, String), ApiError> {
+        self.inner
+            .verify(purpose, id, params)
+            .map_err(|e| ApiError::Forbidden(e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
 
     fn signer(keys: &[&str]) -> Signer {
         Signer::new(&SigningSettings {
@@ -187,6 +103,11 @@ mod tests {
         assert!(s
             .verify(&id, &SignatureParams::from_query(&twice).unwrap())
             .is_err());
+        // A read signature grants no progress posting.
+        assert!(matches!(
+            s.verify_for(Purpose::Progress, &id, &params),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 
     #[test]

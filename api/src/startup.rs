@@ -168,6 +168,12 @@ impl Application {
                         .route(web::get().to(events::events))
                         .default_service(fallback::method_not_allowed("GET, HEAD")),
                 )
+                // The backend of a declared `http` type, with its signed Progress-Url.
+                .service(
+                    web::resource("/v1/jobs/{id}/progress")
+                        .route(web::post().to(crate::routes::progress::progress))
+                        .default_service(fallback::method_not_allowed("POST")),
+                )
                 .service(
                     web::resource("/v1/jobs/{id}/result")
                         .route(web::get().to(jobs::result))

@@ -261,8 +261,10 @@ pub fn is_json_media_type(media_type: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendCancel {
-    /// Whether the backend confirmed it stopped (a `2xx` to the `DELETE`, or nothing was left
-    /// running: the request in flight was aborted).
+    /// Whether the backend confirmed it stopped: a `2xx` answer to the `DELETE` sent to an
+    /// asynchronous backend's monitor. `false` when that `DELETE` failed, was refused or was
+    /// not sent (`cancel = false`), and when there was no monitor to tell: a synchronous
+    /// request in flight is aborted, but the backend may still finish what it started.
     pub confirmed: bool,
     /// What happened, in words (`DELETE http://…/jobs/7 answered 204`).
     pub detail: String,

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod message;
 pub mod publish;
 pub mod redis_conn;
+pub mod signing;
 pub mod telemetry;
 pub mod tenant;
 pub mod timestamp;

@@ -84,6 +84,7 @@ async fn the_document_describes_the_contract() {
         ("/v1/jobs/{id}", &["get", "delete"]),
         ("/v1/jobs/{id}/result", &["get"]),
         ("/v1/jobs/{id}/events", &["get"]),
+        ("/v1/jobs/{id}/progress", &["post"]),
         ("/v1/job-types", &["get"]),
         ("/v1/workers", &["get"]),
         ("/v1/overview", &["get"]),
@@ -120,8 +121,12 @@ async fn the_document_describes_the_contract() {
                     );
                 }
             }
-            // The API is behind optional bearer authentication: 401 on every /v1 operation.
-            if path.starts_with("/v1/") {
+            // The API is behind optional bearer authentication: 401 on every /v1 operation,
+            // but a backend's progress report, which its signed URL alone authorises.
+            if *path == "/v1/jobs/{id}/progress" {
+                assert_eq!(operation["security"], serde_json::json!([{}]));
+                assert!(statuses(operation).contains("403"), "{method} {path}");
+            } else if path.starts_with("/v1/") {
                 let security = operation["security"].as_array().expect("security");
                 assert!(security.contains(&serde_json::json!({"bearer": []})));
                 assert!(security.contains(&serde_json::json!({})), "auth can be off");

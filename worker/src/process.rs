@@ -476,7 +476,16 @@ impl Processor {
         let renew_every = self.lease / 3;
         let result = loop {
             tokio::select! {
-                result = &mut work => break result,
+                result = &mut work => {
+                    // A handler with a cancel grace watches the cancel itself and may end (with
+                    // an error, say) in the very poll the cancel arrives: this select picks
+                    // among ready branches at random, so the cancel is checked here too, or the
+                    // job would end failed rather than canceled half the time.
+                    if !cancel_grace.is_zero() && canceled.is_cancelled() {
+                        return Outcome::Canceled;
+                    }
+                    break result;
+                }
                 // A cancel request stops the handler at its next await point (handlers may
                 // also watch `JobContext::cancelled` to clean up first).
                 _ = canceled.cancelled() => {

@@ -10,5 +10,6 @@ pub mod jobs;
 pub mod list;
 pub mod metrics;
 pub mod overview;
+pub mod progress;
 pub mod submit;
 pub mod workers;
