@@ -35,6 +35,10 @@ pub struct Sizes {
     pub hash_jobs: u64,
     pub hash_bytes: u64,
     pub open_long_polls: usize,
+    /// Scenario 8: clients of the 50 ms backend, seconds per measurement, command jobs.
+    pub backend_clients: usize,
+    pub backend_seconds: f64,
+    pub command_jobs: u64,
 }
 
 impl Sizes {
@@ -53,6 +57,9 @@ impl Sizes {
             // About 30 ms of SHA-256 each: long against the per-job overhead (about 1 ms).
             hash_bytes: 32 << 20,
             open_long_polls: 1000,
+            backend_clients: 16,
+            backend_seconds: 8.0,
+            command_jobs: 200,
         }
     }
 
@@ -70,6 +77,9 @@ impl Sizes {
             hash_jobs: 4,
             hash_bytes: 1 << 16,
             open_long_polls: 20,
+            backend_clients: 2,
+            backend_seconds: 0.5,
+            command_jobs: 5,
         }
     }
 }
@@ -96,7 +106,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn spec(
+    pub fn spec(
         &self,
         name: &str,
         quorum: bool,
@@ -110,10 +120,11 @@ impl Ctx {
             quorum,
             workers,
             concurrency,
+            env: Vec::new(),
         }
     }
 
-    fn components(&self, stack: Option<&Stack>) -> Components {
+    pub fn components(&self, stack: Option<&Stack>) -> Components {
         let mut c = self.base.clone();
         if let Some(stack) = stack {
             c.set("api", vec![stack.api.pid()]);
@@ -123,7 +134,7 @@ impl Ctx {
     }
 
     /// Runs `work`, recording its value (as returned) and the CPU each component spent.
-    async fn measure<F>(
+    pub async fn measure<F>(
         &mut self,
         components: &Components,
         scenario: &str,

@@ -28,6 +28,8 @@ pub struct StackSpec {
     pub workers: usize,
     /// `worker.concurrency`; `None` keeps the default.
     pub concurrency: Option<usize>,
+    /// More environment for the facade and the workers.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Stack {
@@ -54,6 +56,7 @@ impl Stack {
             if let Some(c) = spec.concurrency {
                 command.env("APP__WORKER__CONCURRENCY", c.to_string());
             }
+            command.envs(spec.env.iter().map(|(k, v)| (k, v)));
         };
         // The workers' job types, registered before the facade starts (as a deploy does), so
         // that a stack without workers (the HTTP scenarios) accepts its submits too.
