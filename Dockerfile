@@ -1,6 +1,8 @@
-# Multi-stage build of the two binaries of the service:
-#   api     - the HTTP facade (default command)
-#   worker  - the job consumer (`docker run IMAGE worker`)
+# Multi-stage build of the two binaries of the service, and an example backend:
+#   api             - the HTTP facade (default command)
+#   worker          - the job consumer (`docker run IMAGE worker`)
+#   example-backend - the HTTP service behind the declared job types of examples/job-types.toml
+#                     (`docker run IMAGE example-backend --listen 0.0.0.0:9000`; the quick start's)
 #
 # Configuration defaults are compiled in (config/default.toml); override any key
 # with an environment variable APP__<SECTION>__<KEY>, e.g. APP__AMQP__URL,
@@ -35,8 +37,8 @@ WORKDIR /src
 COPY --from=manifests /src/ /src/
 RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src/bin tests/src examples/src/bin \
  && for lib in shared client tests worker examples; do echo '' > $lib/src/lib.rs; done \
- && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs bench/src/bin/bench-worker.rs examples/src/bin/wordcount-worker.rs examples/src/bin/greet-worker.rs; do echo 'fn main() {}' > $bin; done \
- && cargo build --release --locked --bin api --bin worker \
+ && for bin in api/src/main.rs worker/src/main.rs client/src/bin/arr.rs bench/src/main.rs bench/src/bin/bench-worker.rs examples/src/bin/wordcount-worker.rs examples/src/bin/greet-worker.rs examples/src/bin/example-backend.rs; do echo 'fn main() {}' > $bin; done \
+ && cargo build --release --locked --bin api --bin worker --bin example-backend \
  && rm -rf shared/src api/src worker/src client/src bench/src tests/src examples/src
 
 # --- the real build -----------------------------------------------------------
@@ -45,15 +47,18 @@ RUN mkdir -p shared/src api/src worker/src client/src/bin bench/src/bin tests/sr
 COPY . .
 # COPY keeps the files' original mtimes, which can be older than the stub build's
 # artifacts; touch the workspace sources so cargo rebuilds the workspace crates.
-RUN find shared api worker client bench tests config -type f -exec touch {} + \
- && cargo build --release --locked --bin api --bin worker \
+RUN find shared api worker client bench tests examples config -type f -exec touch {} + \
+ && cargo build --release --locked --bin api --bin worker --bin example-backend \
  && install -D -m 0755 target/release/api    /out/api \
- && install -D -m 0755 target/release/worker /out/worker
+ && install -D -m 0755 target/release/worker /out/worker \
+ && install -D -m 0755 target/release/example-backend /out/example-backend
 
 ############################ runtime ############################
 FROM ${RUNTIME_IMAGE} AS runtime
 
-# ca-certificates: amqps:// and rediss:// endpoints; curl: container healthchecks.
+# ca-certificates: amqps:// and rediss:// endpoints; curl: container healthchecks. The command
+# types of examples/job-types.toml run /usr/bin/factor (coreutils) and /bin/gzip, both part of
+# every Debian base image.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
@@ -63,6 +68,7 @@ RUN groupadd --system --gid 10001 app \
 
 COPY --from=builder /out/api    /usr/local/bin/api
 COPY --from=builder /out/worker /usr/local/bin/worker
+COPY --from=builder /out/example-backend /usr/local/bin/example-backend
 
 # Inside a container the facade must listen on all interfaces (the compiled-in
 # default is 127.0.0.1); logs go out as one JSON object per line.

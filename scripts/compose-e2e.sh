@@ -6,6 +6,10 @@
 # reason). Then, through the published port as a user would:
 #   1. wait until every service is healthy;
 #   2. submit a job, poll its status URL to the 303, fetch the result and compare it;
+#   2b. the declared types of examples/job-types.toml (mounted into the workers): once a worker
+#      has registered them, a `render` job (http: the example-backend service renders an SVG)
+#      and a `factor` job (command: coreutils' factor), each polled to its 303, its result
+#      fetched and compared, with its Content-Type and the status document's result.media_type;
 #   3. submit sleep jobs, `docker kill` a worker container while they run: every job must still
 #      end `succeeded` (its message comes back to another worker);
 #   4. `docker compose down -v`.
@@ -89,6 +93,28 @@ log "healthy in $((SECONDS - start)) s"
 # json FIELD: a top-level string or number member of the JSON document on stdin.
 json() { python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1]); print("" if v is None else v)' "$1"; }
 
+# Status URLs are signed (docker-compose.yml sets APP__SIGNING__KEYS): /v1/jobs/<id>?tenant=…&sig=….
+# result_url LOCATION: the job's result URL, the signature's query kept.
+result_url() {
+  local path="${1%%\?*}"
+  printf '%s/result%s' "$path" "${1#"$path"}"
+}
+
+# result_of LOCATION: polls a job's status URL to its 303 and prints the job's result.
+result_of() {
+  local code="" redirect
+  until [ "$code" = 303 ]; do
+    ((SECONDS < deadline)) || fail "$1 did not reach 303 in time (last answer $code)"
+    code=$(curl -sS -o /dev/null -w '%{http_code}' "$base$1") || fail "GET $1 did not answer"
+    case "$code" in 202|303) ;; *) fail "GET $1 answered $code: $(curl -sS "$base$1")" ;; esac
+    [ "$code" = 303 ] || sleep 0.3
+  done
+  redirect=$(curl -sS -o /dev/null -w '%{redirect_url}' "$base$1") || fail "GET $1 did not answer"
+  [ "$redirect" = "$base$(result_url "$1")" ] \
+    || fail "the 303 of $1 pointed at $redirect, not $base$(result_url "$1")"
+  curl -sS -f "$base$(result_url "$1")" || fail "GET $(result_url "$1") failed"
+}
+
 # submit BODY: prints the Location of a 202 answer, fails otherwise.
 submit() {
   local headers
@@ -102,19 +128,50 @@ log "a job through the published port: 202, polls, 303, the result"
 loc=$(submit '{"type":"hash","input":{"bytes":1048576,"seed":7}}')
 [ -n "$loc" ] || fail "the 202 had no Location"
 echo "Location: $loc"
-code=""
-until [ "$code" = 303 ]; do
-  ((SECONDS < deadline)) || fail "the job did not reach 303 in time (last answer $code)"
-  code=$(curl -sS -o /dev/null -w '%{http_code}' "$base$loc")
-  case "$code" in 202|303) ;; *) fail "GET $loc answered $code" ;; esac
-  [ "$code" = 303 ] || sleep 0.3
-done
-redirect=$(curl -sS -o /dev/null -w '%{redirect_url}' "$base$loc")
-[ "$redirect" = "$base$loc/result" ] || fail "the 303 pointed at $redirect, not $base$loc/result"
-result=$(curl -sS -f "$base$loc/result") || fail "GET $loc/result failed"
+result=$(result_of "$loc")
 echo "result: $result"
 [ "$(json bytes <<<"$result")" = 1048576 ] && [ "$(json seed <<<"$result")" = 7 ] \
   && [ "$(json sha256 <<<"$result" | wc -c)" = 65 ] || fail "unexpected result $result"
+
+log "declared types (examples/job-types.toml): a render job (http, example-backend) and a factor job (command)"
+# The facade accepts a type once a worker has registered it (at the worker's start).
+until types=$(curl -sS -f "$base/v1/job-types") && python3 -c '
+import json, sys
+types = {t.get("name"): t for t in json.loads(sys.argv[1]).get("job_types") or []}
+sys.exit(0 if all((types.get(n) or {}).get("workers", 0) >= 1 for n in ("render", "factor")) else 1)
+' "$types"; do
+  ((SECONDS < deadline)) || fail "no live worker registered render and factor (GET /v1/job-types: $types)"
+  sleep 0.5
+done
+render_loc=$(submit '{"type":"render","input":{"title":"compose & e2e","format":"svg","delay_ms":400}}')
+factor_loc=$(submit '{"type":"factor","input":{"number":84}}')
+[ -n "$render_loc" ] && [ -n "$factor_loc" ] || fail "a 202 had no Location"
+echo "Locations: $render_loc $factor_loc"
+# declared_result LOCATION MEDIA_TYPE: the job's result, checked to be served as MEDIA_TYPE
+# and recorded so in its status document (result.media_type, result.size).
+declared_result() {
+  local result type doc
+  result=$(result_of "$1") || exit 1
+  type=$(curl -sS -o /dev/null -w '%{content_type}' "$base$(result_url "$1")") \
+    || fail "GET $(result_url "$1") did not answer"
+  [ "${type%%;*}" = "$2" ] || fail "$(result_url "$1") is served as '$type', not $2"
+  doc=$(curl -sS -f "$base$1") || fail "GET $1 failed"
+  python3 -c '
+import json, sys
+doc, media_type = json.loads(sys.argv[1]), sys.argv[2]
+r = doc.get("result")
+sys.exit(0 if isinstance(r, dict) and r.get("media_type", "").split(";")[0] == media_type
+         and isinstance(r.get("size"), int) and r["size"] > 0 else 1)
+' "$doc" "$2" || fail "the status document of $1 does not record result {media_type: $2, size}: $doc"
+  printf '%s' "$result"
+}
+result=$(declared_result "$render_loc" image/svg+xml)
+echo "render result: $result"
+grep -q '<svg' <<<"$result" && grep -q 'compose &amp; e2e' <<<"$result" \
+  || fail "unexpected render result $result"
+result=$(declared_result "$factor_loc" text/plain)
+echo "factor result: $result"
+[ "$result" = "84: 2 2 3 7" ] || fail "unexpected factor result '$result'"
 
 log "$JOBS sleep jobs, one worker container killed while they run"
 locs=()
@@ -226,20 +283,6 @@ until_kinds() {
     ((SECONDS < deadline)) || fail "GET $2: ${verdict#wait: } (not within the time limit)"
     sleep 0.5
   done
-}
-
-# result_of LOCATION: polls a job's status URL to its 303 and prints the job's result.
-result_of() {
-  local code="" redirect
-  until [ "$code" = 303 ]; do
-    ((SECONDS < deadline)) || fail "$1 did not reach 303 in time (last answer $code)"
-    code=$(curl -sS -o /dev/null -w '%{http_code}' "$base$1") || fail "GET $1 did not answer"
-    case "$code" in 202|303) ;; *) fail "GET $1 answered $code" ;; esac
-    [ "$code" = 303 ] || sleep 0.3
-  done
-  redirect=$(curl -sS -o /dev/null -w '%{redirect_url}' "$base$1") || fail "GET $1 did not answer"
-  [ "$redirect" = "$base$1/result" ] || fail "the 303 of $1 pointed at $redirect, not $base$1/result"
-  curl -sS -f "$base$1/result" || fail "GET $1/result failed"
 }
 
 log "both kinds register their job types; each type has a queue of its own"

@@ -1,9 +1,22 @@
 #!/usr/bin/env bash
 # Run the whole system on this machine: one HTTP facade (api) and two workers,
-# against RabbitMQ and Redis on localhost (started if they are not running).
+# against RabbitMQ and Redis on localhost (started if they are not running), and the example
+# backend (example-backend, on 127.0.0.1:9000) behind the declared job types of
+# examples/job-types.toml (render, report, factor, compress; README "Your service or script
+# behind it").
 #
 #   scripts/run-local.sh                       # facade on 127.0.0.1:8080
 #   APP__HTTP__PORT=9090 scripts/run-local.sh  # another port
+#   APP__WORKER__JOB_TYPES_FILE= scripts/run-local.sh   # no declared types (no backend either)
+#
+# For the declared types it sets, unless they are set already:
+#   APP__WORKER__JOB_TYPES_FILE=examples/job-types.toml  the file the workers load
+#   EXAMPLE_BACKEND_LISTEN=127.0.0.1:9000   where example-backend listens
+#   EXAMPLE_BACKEND=http://127.0.0.1:9000   its address as the job-types file names it
+#   APP__WORKER__PROGRESS_BASE_URL=http://127.0.0.1:8080  the facade as the backend reaches it
+#   APP__SIGNING__KEYS=local:<random>       a signing key made for this run (the facade signs
+#                                           status URLs and progress URLs with it, the workers
+#                                           sign progress URLs: both need it)
 #
 # Any APP__<SECTION>__<KEY> variable in the environment overrides the compiled-in
 # defaults (see config/default.toml). Ctrl-C (or SIGTERM) stops every process
@@ -17,13 +30,28 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export APP__HTTP__PORT="${APP__HTTP__PORT:-8080}"
 http_host="${APP__HTTP__HOST:-127.0.0.1}"
 worker_count=2
+loopback="$http_host"
+[[ "$loopback" == "0.0.0.0" || "$loopback" == "::" ]] && loopback=127.0.0.1
+
+# The declared job types and their example backend (see the header).
+export APP__WORKER__JOB_TYPES_FILE="${APP__WORKER__JOB_TYPES_FILE-examples/job-types.toml}"
+backend=0
+[[ -n "$APP__WORKER__JOB_TYPES_FILE" ]] && backend=1
+export EXAMPLE_BACKEND_LISTEN="${EXAMPLE_BACKEND_LISTEN:-127.0.0.1:9000}"
+export EXAMPLE_BACKEND="${EXAMPLE_BACKEND:-http://${EXAMPLE_BACKEND_LISTEN}}"
+export APP__WORKER__PROGRESS_BASE_URL="${APP__WORKER__PROGRESS_BASE_URL-http://${loopback}:${APP__HTTP__PORT}}"
+if [[ -z "${APP__SIGNING__KEYS:-}" ]]; then
+  # A fresh secret each run: signed URLs of an earlier run stop verifying, which is fine locally.
+  APP__SIGNING__KEYS="local:$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')"
+  export APP__SIGNING__KEYS
+fi
 
 log() { printf 'run-local: %s\n' "$*" >&2; }
 
 bash scripts/services.sh
 
 log "building release binaries"
-cargo build --release --locked --bin api --bin worker
+cargo build --release --locked --bin api --bin worker --bin example-backend
 
 pids=()
 names=()
@@ -118,7 +146,16 @@ if port_taken "$APP__HTTP__PORT"; then
   exit 1
 fi
 
+if ((backend)) && port_taken "${EXAMPLE_BACKEND_LISTEN##*:}"; then
+  log "ERROR: port ${EXAMPLE_BACKEND_LISTEN##*:} (the example backend's) is taken by another process; set EXAMPLE_BACKEND_LISTEN (and EXAMPLE_BACKEND) to a free one, or APP__WORKER__JOB_TYPES_FILE= for no declared types"
+  exit 1
+fi
+
+# The facade first: the wait for /healthz below watches pids[0].
 start api target/release/api
+if ((backend)); then
+  start example-backend target/release/example-backend --listen "$EXAMPLE_BACKEND_LISTEN"
+fi
 for ((i = 1; i <= worker_count; i++)); do
   # Each worker serves its Prometheus metrics on a port of its own: 9091, 9092, ...
   metrics_port=$((9090 + i))
@@ -159,7 +196,13 @@ done
 run-local: facade listening on http://${http_host}:${APP__HTTP__PORT} (${worker_count} workers)
 run-local: submit a job:
   curl -si -X POST localhost:${APP__HTTP__PORT}/v1/jobs -H 'content-type: application/json' -d '{"type":"echo","input":{"hello":"world"}}'
-run-local: then poll the URL from the Location header of the answer
+run-local: then poll the URL from the Location header of the answer (quote it: it is signed, with & in its query)
+MSG
+((stopping)) || ((backend == 0)) || cat >&2 <<MSG
+run-local: declared job types from ${APP__WORKER__JOB_TYPES_FILE}, example backend on ${EXAMPLE_BACKEND}:
+  curl -si -X POST localhost:${APP__HTTP__PORT}/v1/jobs -H 'content-type: application/json' -d '{"type":"render","input":{"title":"Hello","format":"svg"}}'
+MSG
+((stopping)) || cat >&2 <<MSG
 run-local: Ctrl-C stops everything
 
 MSG

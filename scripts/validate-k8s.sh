@@ -17,12 +17,17 @@
 #    takes another's pods), referenced objects, ports and secret keys exist, the grace periods
 #    cover the drains, the pods' security settings, and that prometheus.io/port annotations
 #    name the port each process serves /metrics on. And the worker kinds: every worker
-#    Deployment serves (APP__WORKER__TYPES) only built-in types of the `worker` binary, every
-#    built-in type is served by some worker Deployment, a worker consumes a shared queue only
+#    Deployment serves (APP__WORKER__TYPES) only types it has: the built-in types of the
+#    `worker` binary and the declared ones of its job-types file (APP__WORKER__JOB_TYPES_FILE,
+#    read from the ConfigMap mounted there: its `[types.<name>]` tables; every ${VAR} its
+#    handler tables name must be in the container's environment); every built-in and every
+#    declared type is served by some worker Deployment, a worker consumes a shared queue only
 #    if it serves every type in it, the facade routes each type to the queue its workers read,
 #    and each worker Deployment's ScaledObject triggers on exactly the queues of its types:
 #    `<APP__AMQP__QUEUE>.<type>`, or `<APP__AMQP__QUEUE>.<suffix>` where
 #    APP__AMQP__TYPE_QUEUES__<TYPE>=<suffix> is set (in the ConfigMap or the Deployment's env).
+# 4. deploy/base/job-types-configmap.yaml holds examples/job-types.toml unchanged (it is made by
+#    scripts/sync-job-types.sh).
 #
 # Exits non-zero on the first directory with a problem (after listing all its problems).
 # Python packages go into a virtualenv under target/ (created once, reused afterwards).
@@ -67,7 +72,7 @@ fi
 export KUBECTL
 
 exec "$PY" - <<'PYEOF'
-import base64, copy, json, os, re, subprocess, sys
+import base64, copy, json, os, posixpath, re, subprocess, sys, tomllib
 from pathlib import Path
 
 import jsonschema
@@ -93,6 +98,9 @@ BUILTIN_TYPES = ("echo", "sleep", "hash", "fail")
 TYPE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # amqp.type_queues.<type> = "<suffix>": type's jobs go to `<amqp.queue>.<suffix>`.
 TYPE_QUEUES_ENV = "APP__AMQP__TYPE_QUEUES__"
+# The quick start's declared job types, and their copy in the base (scripts/sync-job-types.sh).
+JOB_TYPES_FILE = Path("examples/job-types.toml")
+JOB_TYPES_CONFIGMAP = ROOT / "base" / "job-types-configmap.yaml"
 
 
 class Problem(Exception):
@@ -597,6 +605,80 @@ def container_env(c, configmaps):
     return env
 
 
+def declared_types(d, c, env, configmaps, where, problems, notes):
+    """The types of the job-types file a worker container loads (APP__WORKER__JOB_TYPES_FILE),
+    read from the ConfigMap mounted at that path; None when it cannot be known."""
+    path = env.get("APP__WORKER__JOB_TYPES_FILE")
+    if path is None:
+        if "APP__WORKER__JOB_TYPES_FILE" in env:
+            problems.append(f"{where}: APP__WORKER__JOB_TYPES_FILE comes from a Secret or a "
+                            "field; give it as a value (its types are checked)")
+            return None
+        return []
+    path = path.strip()
+    if not path:
+        return []
+    volumes = {v["name"]: v for v in d["spec"]["template"]["spec"].get("volumes", [])}
+    key = None
+    for m in sorted(c.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
+        mount = m["mountPath"].rstrip("/")
+        volume = volumes.get(m["name"], {})
+        if "subPath" in m and path == mount:
+            key = m["subPath"]
+        elif "subPath" not in m and path.startswith(mount + "/"):
+            key = posixpath.relpath(path, mount)
+        else:
+            continue
+        if "configMap" not in volume:
+            problems.append(f"{where}: APP__WORKER__JOB_TYPES_FILE {path!r} is in volume "
+                            f"{m['name']!r}, not a ConfigMap (the check reads ConfigMaps only)")
+            return None
+        items = volume["configMap"].get("items")
+        if items:
+            key = next((i["key"] for i in items if i["path"] == key), None)
+        cm_name = volume["configMap"].get("name")
+        break
+    else:
+        problems.append(f"{where}: APP__WORKER__JOB_TYPES_FILE {path!r} is in no volume mount")
+        return None
+    data = (configmaps.get(cm_name) or {}).get("data") or {}
+    if key not in data:
+        problems.append(f"{where}: APP__WORKER__JOB_TYPES_FILE {path!r}: ConfigMap {cm_name!r} "
+                        f"is not rendered or has no key {key!r}")
+        return None
+    try:
+        doc = tomllib.loads(data[key]).get("types", {})
+    except tomllib.TOMLDecodeError as e:
+        problems.append(f"{where}: ConfigMap {cm_name} key {key}: not TOML: {e}")
+        return None
+    types = sorted(doc)
+    for t in types:
+        if not TYPE_NAME.match(t):
+            problems.append(f"{where}: ConfigMap {cm_name}: [types.{t}] is not a job type name")
+    if not types:
+        problems.append(f"{where}: ConfigMap {cm_name} key {key} declares no [types.<name>]")
+    # ${VAR} is expanded (at the worker's start) in the handlers' tables: it must be set.
+    strings = []
+
+    def walk(value):
+        if isinstance(value, str):
+            strings.append(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+    for decl in doc.values():
+        walk({k: decl.get(k) for k in ("http", "command")})
+    for var in sorted(set(re.findall(r"(?<!\$)\$\{([^}]*)\}", "\n".join(strings)))):
+        if var not in env:
+            problems.append(f"{where}: the job-types file (ConfigMap {cm_name}) names ${{{var}}}, "
+                            "which the container's environment does not set")
+    notes.append(f"{where}: declares {', '.join(types)} (ConfigMap {cm_name}, at {path})")
+    return types
+
+
 def check_worker_kinds(deployments, configmaps, scaled_objects, problems, notes):
     """The worker kinds: which types each worker Deployment serves, which queues those are,
     and that its ScaledObject watches exactly them (see the header, point 3)."""
@@ -623,6 +705,7 @@ def check_worker_kinds(deployments, configmaps, scaled_objects, problems, notes)
 
     kinds = {}  # worker Deployment -> (its types, or None when unknown; queue of a type)
     mapped = set()
+    all_declared, declared_known = set(), True
     for dname, c in processes("worker"):
         where = f"Deployment/{dname} container {c['name']}"
         env = container_env(c, configmaps)
@@ -632,13 +715,19 @@ def check_worker_kinds(deployments, configmaps, scaled_objects, problems, notes)
         if dname in kinds:
             problems.append(f"Deployment/{dname}: more than one worker container")
             continue
+        declared = declared_types(deployments[dname], c, env, configmaps, where, problems, notes)
+        if declared is None:
+            declared_known = False
+            declared = []
+        all_declared |= set(declared)
+        has = list(BUILTIN_TYPES) + declared
         if raw is None and "APP__WORKER__TYPES" in env:
             problems.append(f"{where}: APP__WORKER__TYPES comes from a Secret or a field; give "
                             "it as a value (its ScaledObject's queues are checked against it)")
             types = None
         elif raw is None:
-            types = list(BUILTIN_TYPES)
-            notes.append(f"{where}: no APP__WORKER__TYPES, serves every built-in type")
+            types = has
+            notes.append(f"{where}: no APP__WORKER__TYPES, serves every type it has")
         elif raw == "":
             # config-rs reads an empty list variable as one empty name, which the worker refuses.
             problems.append(f"{where}: APP__WORKER__TYPES is empty; the worker refuses an empty "
@@ -650,9 +739,10 @@ def check_worker_kinds(deployments, configmaps, scaled_objects, problems, notes)
                 if not TYPE_NAME.match(t):
                     problems.append(f"{where}: APP__WORKER__TYPES {raw!r}: {t!r} is not a job "
                                     "type name (a comma list without spaces)")
-                elif t not in BUILTIN_TYPES:
+                elif t not in has:
                     problems.append(f"{where}: APP__WORKER__TYPES {raw!r}: {t!r} is not a "
-                                    f"built-in type of the worker binary ({', '.join(BUILTIN_TYPES)})")
+                                    "built-in type of the worker binary or a declared one of its "
+                                    f"job-types file ({', '.join(has)})")
                 elif t not in types:
                     types.append(t)
         kinds[dname] = (types, queue_of)
@@ -662,11 +752,16 @@ def check_worker_kinds(deployments, configmaps, scaled_objects, problems, notes)
         if not any(t in types for types, _ in kinds.values()):
             problems.append(f"built-in type {t!r} is served by no worker Deployment: its jobs "
                             "would wait in their queue for good")
+    for t in sorted(all_declared) if len(known) == len(kinds) and declared_known else ():
+        if not any(t in types for types, _ in kinds.values()):
+            problems.append(f"declared type {t!r} is served by no worker Deployment (name it in "
+                            "the APP__WORKER__TYPES of a kind that loads the file): its jobs "
+                            "would wait in their queue for good")
 
     # A worker reads every message of the queues it consumes: a queue that several types share
     # (APP__AMQP__TYPE_QUEUES__*) must be served whole by each worker kind that consumes it.
     for dname, (types, queue_of) in sorted(known.items()):
-        for other in sorted((set(BUILTIN_TYPES) | mapped) - set(types)):
+        for other in sorted((set(BUILTIN_TYPES) | all_declared | mapped) - set(types)):
             if queue_of(other) in {queue_of(t) for t in types}:
                 problems.append(f"Deployment/{dname}: consumes {queue_of(other)}, which also "
                                 f"holds {other!r} jobs, a type it does not serve")
@@ -729,6 +824,16 @@ def main():
     print(f"schemas: kubernetes-validate {kubernetes_validate.version.__version__}, "
           f"Kubernetes {', '.join(VERSIONS)}, strict; KEDA kinds: minimal schemas in this script")
     failed = False
+    print(f"\n--- {JOB_TYPES_CONFIGMAP}")
+    try:
+        copied = (load_yaml_docs(JOB_TYPES_CONFIGMAP)[0].get("data") or {}).get("job-types.toml")
+        if copied != JOB_TYPES_FILE.read_text():
+            raise Problem(f"its job-types.toml differs from {JOB_TYPES_FILE}: run "
+                          "bash scripts/sync-job-types.sh")
+        print(f"  ok    ConfigMap job-types.toml == {JOB_TYPES_FILE}")
+    except (Problem, OSError, yaml.YAMLError, IndexError, AttributeError) as e:
+        print(f"  FAIL  {e}")
+        failed = True
     for d in dirs:
         print(f"\n--- {d}")
         try:

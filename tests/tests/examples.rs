@@ -213,3 +213,166 @@ async fn a_registered_type_without_its_worker_keeps_its_jobs_queued() {
         })
     );
 }
+
+/// `example-backend` (the service behind examples/job-types.toml's http types), on its own:
+/// a process killed when the test ends.
+struct Backend {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let port = e2e::free_port();
+        let child = Command::new(e2e::bin("example-backend"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .spawn()
+            .expect("start example-backend");
+        let backend = Backend {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = backend.client();
+        let deadline = Instant::now() + LONG;
+        while !client
+            .get(format!("{}/healthz", backend.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "example-backend did not answer /healthz"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        backend
+    }
+
+    /// A client that does not follow redirects (the 303 is what is checked).
+    fn client(&self) -> reqwest::Client {
+        e2e::client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client")
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+/// The asynchronous endpoint as the declared `report` type uses it: 202 + Location +
+/// Retry-After, a monitor with progress while it works, then a 303 to the CSV; a repeated
+/// POST with the same Idempotency-Key gets the same report; a DELETE stops one (then 404).
+#[tokio::test]
+async fn the_example_backend_runs_an_asynchronous_report_and_cancels_one() {
+    let backend = Backend::start().await;
+    let client = backend.client();
+    let base = &backend.base;
+
+    let start = || {
+        client
+            .post(format!("{base}/reports"))
+            .header("idempotency-key", "job-1")
+            .json(&json!({"rows": 4, "seconds": 1}))
+            .send()
+    };
+    let accepted = start().await.expect("POST /reports");
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    assert_eq!(header(&accepted, "retry-after"), "1");
+    let monitor = header(&accepted, "location").to_owned();
+    assert!(monitor.starts_with("/reports/"), "{monitor}");
+    let again = start().await.expect("POST /reports again");
+    assert_eq!(header(&again, "location"), monitor, "same Idempotency-Key");
+
+    let status = client.get(format!("{base}{monitor}")).send().await.unwrap();
+    assert_eq!(status.status(), StatusCode::OK);
+    let doc: Value = status.json().await.unwrap();
+    assert_eq!(doc["status"], "running", "{doc}");
+    assert!(doc["progress"]["percent"].as_u64().unwrap() < 100, "{doc}");
+    assert!(doc["progress"]["message"].is_string(), "{doc}");
+
+    let deadline = Instant::now() + LONG;
+    let result = loop {
+        let answer = client.get(format!("{base}{monitor}")).send().await.unwrap();
+        if answer.status() == StatusCode::SEE_OTHER {
+            break header(&answer, "location").to_owned();
+        }
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert!(Instant::now() < deadline, "the report did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(result, format!("{monitor}/result"));
+    let csv = client.get(format!("{base}{result}")).send().await.unwrap();
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(header(&csv, "content-type").starts_with("text/csv"));
+    assert_eq!(
+        csv.text().await.unwrap(),
+        "row,square\n1,1\n2,4\n3,9\n4,16\n"
+    );
+
+    // A bad input is a 400 problem; a canceled report is gone.
+    let bad = client
+        .post(format!("{base}/reports"))
+        .json(&json!({"rows": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(header(&bad, "content-type"), "application/problem+json");
+    let other = client
+        .post(format!("{base}/reports"))
+        .json(&json!({"seconds": 60}))
+        .send()
+        .await
+        .unwrap();
+    let other = header(&other, "location").to_owned();
+    let deleted = client
+        .delete(format!("{base}{other}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = client.get(format!("{base}{other}")).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+}
+
+/// The synchronous endpoint as the declared `render` type uses it: the SVG with its media type,
+/// and a 400 problem for an unknown format.
+#[tokio::test]
+async fn the_example_backend_renders_synchronously() {
+    let backend = Backend::start().await;
+    let client = backend.client();
+    let svg = client
+        .post(format!("{}/render/svg", backend.base))
+        .json(&json!({"title": "Q3 & Q4", "format": "svg", "delay_ms": 40}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(svg.status(), StatusCode::OK);
+    assert_eq!(header(&svg, "content-type"), "image/svg+xml");
+    let body = svg.text().await.unwrap();
+    assert!(
+        body.starts_with("<svg") && body.contains("Q3 &amp; Q4"),
+        "{body}"
+    );
+    let bad = client
+        .post(format!("{}/render/pdf", backend.base))
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
