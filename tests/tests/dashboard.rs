@@ -425,3 +425,104 @@ async fn the_dashboard_asks_for_an_operator_key_when_auth_is_on() {
     assert_eq!(browser.text("#banner").await, "", "the banner is hidden");
     browser.quit().await;
 }
+
+/// A result that is not JSON (issue 18): the dashboard shows an image as an image (fetched with
+/// the caller's key, shown from a `blob:` URL the page's policy allows) and offers other bytes
+/// as a download naming their type and size, where a JSON result is printed.
+#[tokio::test]
+async fn the_dashboard_shows_an_image_result_and_offers_other_bytes_as_a_download() {
+    e2e::browser::require();
+    let dir = std::env::temp_dir().join(format!("arr-dashboard-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let svg = r##"<svg xmlns="http://www.w3.org/2000/svg" width="120" height="40"><rect width="120" height="40" fill="#1f6feb"/></svg>"##;
+    let file = dir.join("job-types.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[types.badge]
+description = "An SVG badge."
+example = {{}}
+schema = {{ type = "object" }}
+priorities = true
+[types.badge.command]
+argv = ["/bin/echo", '{svg}']
+result_media_type = "image/svg+xml"
+
+[types.packed]
+description = "The input, gzipped."
+example = {{}}
+schema = {{ type = "object" }}
+priorities = true
+[types.packed.command]
+argv = ["/bin/gzip", "-c", "-n"]
+result_media_type = "application/gzip"
+"#
+        ),
+    )
+    .expect("job-types file");
+    // The harness cleans up `<queue>.work`: the declared types share it.
+    let stack = Stack::start_with(
+        "dashboard-bytes",
+        StackOptions::default()
+            .env("APP__WORKER__JOB_TYPES_FILE", file.display())
+            .env("APP__AMQP__TYPE_QUEUES__BADGE", "work")
+            .env("APP__AMQP__TYPE_QUEUES__PACKED", "work"),
+    )
+    .await;
+    let long = Duration::from_secs(30);
+    let mut ids = Vec::new();
+    for job_type in ["badge", "packed"] {
+        let location = stack
+            .submit_ok(&json!({"type": job_type, "input": {"n": 1}}))
+            .await;
+        assert_eq!(stack.wait(&location, long).await.status(), StatusCode::OK);
+        ids.push(e2e::job_id(&location).to_owned());
+    }
+
+    let browser = Browser::start(1280, 900).await;
+    browser
+        .goto(&stack.url(&format!("/dashboard#{}", ids[0])))
+        .await;
+    browser
+        .wait_text("#detail-status", long, "the badge job succeeded", |t| {
+            t == "succeeded"
+        })
+        .await;
+    // The image is loaded (decoded: it has a width) and the text view is hidden.
+    wait_js(
+        &browser,
+        "const i = document.getElementById('detail-result-image'); \
+         return !i.hidden && i.complete && i.naturalWidth === 120 && i.src.startsWith('blob:') \
+           && document.getElementById('detail-result').hidden",
+        json!(true),
+        "the SVG result shown as an image",
+    )
+    .await;
+    browser
+        .screenshot(&target_dir().join("dashboard-image-result.png"))
+        .await;
+
+    // Another job's bytes: a download link with their type and size, no image.
+    browser
+        .click(&format!("#jobs-body tr[data-id='{}']", ids[1]))
+        .await;
+    browser
+        .wait_text(
+            "#detail-result-download",
+            long,
+            "a download of the gzip result",
+            |t| t.starts_with("Download (application/gzip, ") && t.ends_with(" bytes)"),
+        )
+        .await;
+    wait_js(
+        &browser,
+        "return document.getElementById('detail-result-image').hidden \
+           && document.getElementById('detail-result-download').href.startsWith('blob:')",
+        json!(true),
+        "no image for the gzip result, and a blob link",
+    )
+    .await;
+    browser.quit().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
