@@ -271,16 +271,9 @@ fn check_media_type(media_type: &str) -> Result<(), String> {
     }
 }
 
-/// Whether results of `media_type` are JSON (`application/json`, `…+json`).
+/// Whether a media type is JSON (`application/json`, `application/…+json`).
 fn is_json(media_type: &str) -> bool {
-    let essence = media_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    shared::job::is_json_media_type(media_type)
 }
 
 fn check_env_name(name: &str) -> Result<(), String> {

@@ -391,15 +391,9 @@ fn media_type(headers: &HeaderMap) -> String {
         .to_owned()
 }
 
-/// Whether a media type is JSON (`application/json`, `…+json`).
+/// Whether a media type is JSON (`application/json`, `application/…+json`).
 fn is_json(media_type: &str) -> bool {
-    let essence = media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json" || essence.ends_with("+json")
+    shared::job::is_json_media_type(media_type)
 }
 
 /// What a monitor's JSON document says about the backend's job.
