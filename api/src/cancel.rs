@@ -3,8 +3,7 @@
 //! published to the workers, whose handler is then stopped and the job ends canceled.
 
 use redis::Script;
-use shared::keys::field;
-use shared::{JobId, JobStatus, StatusDocument};
+use shared::{JobId, JobStatus};
 
 use crate::status_store::{StatusStore, StoreError};
 
@@ -48,15 +47,7 @@ impl StatusStore {
         self.with_conn(|store, mut conn| async move {
             // Optimistic: read, build the canceled document, write it only if unchanged.
             for _ in 0..5 {
-                let current: Option<Vec<u8>> = redis::cmd("HGET")
-                    .arg(store.keys.job(&id))
-                    .arg(field::DOC)
-                    .query_async(&mut conn)
-                    .await?;
-                let Some(current) = current else {
-                    return Ok(Canceled::Missing);
-                };
-                let Ok(mut doc) = serde_json::from_slice::<StatusDocument>(&current) else {
+                let Some((current, mut doc)) = store.read_for_update(&mut conn, &id).await? else {
                     return Ok(Canceled::Missing);
                 };
                 if doc.status.is_terminal() {

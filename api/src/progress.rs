@@ -6,8 +6,7 @@
 //! coordinate: the last write wins, which for a progress bar is what one wants.
 
 use redis::Script;
-use shared::keys::field;
-use shared::{JobId, JobStatus, Progress, StatusDocument};
+use shared::{JobId, JobStatus, Progress};
 
 use crate::status_store::{StatusStore, StoreError};
 
@@ -47,15 +46,8 @@ impl StatusStore {
             .with_conn(|store, mut conn| async move {
                 // Optimistic, as a cancel: read, change, write only if unchanged.
                 for _ in 0..5 {
-                    let current: Option<Vec<u8>> = redis::cmd("HGET")
-                        .arg(store.keys.job(&id))
-                        .arg(field::DOC)
-                        .query_async(&mut conn)
-                        .await?;
-                    let Some(current) = current else {
-                        return Ok(ProgressWrite::Missing);
-                    };
-                    let Ok(mut doc) = serde_json::from_slice::<StatusDocument>(&current) else {
+                    let Some((current, mut doc)) = store.read_for_update(&mut conn, &id).await?
+                    else {
                         return Ok(ProgressWrite::Missing);
                     };
                     if doc.status != JobStatus::Running {

@@ -19,7 +19,7 @@ use redis::AsyncCommands;
 use shared::configuration::{JobSettings, RedisSettings};
 use shared::keys::field;
 use shared::redis_conn::{RedisConn, Retries};
-use shared::{JobId, KeyLayout};
+use shared::{JobId, KeyLayout, StatusDocument};
 
 use crate::io::{Io, IoStopped};
 use tracing::Instrument;
@@ -165,6 +165,25 @@ impl StatusStore {
             db.system.name = "redis"
         );
         work.instrument(span).await
+    }
+
+    /// Job `id`'s stored document, as read and decoded (`None`: no such job, or a document that
+    /// does not decode): where an optimistic read-change-write (a cancel, a progress write)
+    /// starts, passing the bytes read back to its script to write only if they are unchanged.
+    pub(crate) async fn read_for_update(
+        &self,
+        conn: &mut RedisConn,
+        id: &JobId,
+    ) -> Result<Option<(Vec<u8>, StatusDocument)>, StoreError> {
+        let current: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.job(id))
+            .arg(field::DOC)
+            .query_async(conn)
+            .await?;
+        Ok(current.and_then(|bytes| {
+            let doc = serde_json::from_slice(&bytes).ok()?;
+            Some((bytes, doc))
+        }))
     }
 
     /// Records a new job as queued (document and state in one hash, expiring after retention)
